@@ -1,0 +1,153 @@
+"""The P-pooling layer: :class:`PPool2d`, a drop-in for ``nn.MaxPool2d`` with a learnable alpha."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from lit_ppool.functional import _size_2_t, p_pool2d, pool_geometry
+
+__all__ = ["PPool2d", "DEFAULT_ALPHA_MAX"]
+
+DEFAULT_ALPHA_MAX = 100.0
+"""Upper bound of a learned alpha. At 100 a value at 95% of the window maximum weighs
+0.6% of it, which is max pooling for all practical purposes; larger values only slow
+the learning signal down."""
+
+
+class _ProjectedClamp(torch.autograd.Function):
+    """``clamp(raw, 0, upper)`` whose gradient never strands ``raw`` outside the range.
+
+    Inside the range the gradient is the identity. At or beyond a bound it is kept where a
+    descent step (``-grad``) moves ``raw`` back into the range and zeroed where it would push
+    ``raw`` further out. So alpha never leaves ``[0, upper]``, a plain clamp's dead zone
+    (zero gradient outside the range) cannot trap it, and ``raw`` only overshoots a bound by
+    the optimiser's momentum.
+    """
+
+    @staticmethod
+    def forward(ctx, raw: Tensor, upper: float) -> Tensor:
+        ctx.save_for_backward(raw)
+        ctx.upper = upper
+        return raw.clamp(0.0, upper)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (raw,) = ctx.saved_tensors
+        outward = ((raw <= 0) & (grad > 0)) | ((raw >= ctx.upper) & (grad < 0))
+        return grad.masked_fill(outward, 0.0), None
+
+
+class PPool2d(nn.Module):
+    """Polynomial pooling with a learnable exponent alpha (Wei et al., CVPR 2019).
+
+    .. math::
+
+        y = \\frac{\\sum_{i \\in R} x_i^{\\alpha + 1}}{\\sum_{i \\in R} x_i^{\\alpha}},
+        \\qquad 0 \\le \\alpha \\le \\alpha_{max}
+
+    ``alpha = 0`` is average pooling, large alpha is max pooling. Same constructor geometry,
+    window rule and output shape as :class:`torch.nn.MaxPool2d`, so it replaces one in place.
+    The numerics (zeros, negatives, NaN) are documented in :mod:`lit_ppool.functional`.
+
+    Alpha is stored as the parameter ``alpha_raw`` (equal to alpha while inside the range)
+    and used through a clamp to ``[0, alpha_max]`` whose gradient pulls an out-of-range
+    ``alpha_raw`` back instead of freezing it. :attr:`alpha` is the effective value that
+    ``forward`` uses; log and plot that one.
+
+    Shape:
+        - Input: :math:`(N, C, H_{in}, W_{in})` or :math:`(C, H_{in}, W_{in})`.
+        - Output: :math:`(N, C, H_{out}, W_{out})` or :math:`(C, H_{out}, W_{out})`, with
+          :math:`H_{out} = \\lfloor (H_{in} + 2p - d(k - 1) - 1) / s \\rfloor + 1`
+          (``ceil`` in ``ceil_mode``), as for ``MaxPool2d``.
+
+    Args:
+        kernel_size: Window size.
+        stride: Window stride; default ``kernel_size``.
+        padding: Implicit padding on both sides (never contributes), at most ``kernel_size // 2``.
+        dilation: Spacing between window elements.
+        ceil_mode: Use ``ceil`` instead of ``floor`` for the output size.
+        alpha_init: Initial alpha, in ``[0, alpha_max]``.
+        num_channels: ``None`` for one alpha per layer (the paper's form); an int ``C`` for
+            one alpha per channel.
+        alpha_max: Upper bound of alpha.
+        learnable: If ``False``, alpha is a fixed buffer instead of a parameter.
+
+    Raises:
+        ValueError: If the geometry is invalid, ``alpha_init`` is outside ``[0, alpha_max]``,
+            ``alpha_max`` is not positive, or ``num_channels`` is not a positive int.
+
+    Example:
+        >>> pool = PPool2d(2, alpha_init=0.0)
+        >>> pool(torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]]))
+        tensor([[[[2.]]]], grad_fn=<PPool2dFunctionBackward>)
+        >>> pool
+        PPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False, alpha=0.0000)
+    """
+
+    def __init__(
+        self,
+        kernel_size: _size_2_t,
+        stride: _size_2_t | None = None,
+        padding: _size_2_t = 0,
+        dilation: _size_2_t = 1,
+        ceil_mode: bool = False,
+        *,
+        alpha_init: float = 1.0,
+        num_channels: int | None = None,
+        alpha_max: float = DEFAULT_ALPHA_MAX,
+        learnable: bool = True,
+    ) -> None:
+        super().__init__()
+        pool_geometry(kernel_size, stride, padding, dilation, ceil_mode)  # validate early
+        if not (isinstance(alpha_max, (int, float)) and math.isfinite(alpha_max) and alpha_max > 0):
+            raise ValueError(f"Expected argument `alpha_max` to be a finite number > 0, but got {alpha_max!r}.")
+        if not (isinstance(alpha_init, (int, float)) and 0 <= alpha_init <= alpha_max):
+            raise ValueError(
+                f"Expected argument `alpha_init` to be in [0, alpha_max={alpha_max}], but got {alpha_init!r}."
+            )
+        if num_channels is not None and not (isinstance(num_channels, int) and num_channels > 0):
+            raise ValueError(f"Expected argument `num_channels` to be None or an int > 0, but got {num_channels!r}.")
+        # torch's attribute names and values, so code that reads MaxPool2d attributes reads these too
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.padding = padding
+        self.dilation = dilation
+        self.ceil_mode = ceil_mode
+        self.num_channels = num_channels
+        self.alpha_max = float(alpha_max)
+        initial = torch.full((num_channels or 1,) if num_channels else (), float(alpha_init))
+        if learnable:
+            self.alpha_raw = nn.Parameter(initial)
+        else:
+            self.register_buffer("alpha_raw", initial)
+
+    @property
+    def alpha(self) -> Tensor:
+        """The effective alpha, ``alpha_raw`` clamped to ``[0, alpha_max]``: what ``forward`` uses."""
+        return _ProjectedClamp.apply(self.alpha_raw, self.alpha_max)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.num_channels is not None:
+            channels = input.shape[-3] if input.dim() >= 3 else None
+            if channels != self.num_channels:
+                raise ValueError(
+                    f"PPool2d was built with num_channels={self.num_channels} (one alpha per channel), "
+                    f"but got an input of shape {tuple(input.shape)}. Build it with the input's channel count."
+                )
+        return p_pool2d(input, self.alpha, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        geometry = (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
+        alpha = self.alpha_raw.detach().float().clamp(0.0, self.alpha_max)
+        if self.num_channels is None:
+            return f"{geometry}, alpha={alpha.item():.4f}"
+        return (
+            f"{geometry}, alpha=[{self.num_channels} channels: mean {alpha.mean().item():.4f}, "
+            f"min {alpha.min().item():.4f}, max {alpha.max().item():.4f}]"
+        )
