@@ -1,0 +1,27 @@
+"""The README's Python examples and the docstring examples run and say what they claim."""
+
+import doctest
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+DOCTEST_MODULES = ["lit_ppool.functional", "lit_ppool.layers.ppool"]
+
+
+def _python_blocks():
+    return re.findall(r"^```python\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+
+
+@pytest.mark.parametrize("index", range(len(_python_blocks())))
+def test_readme_python_block_runs(index):
+    exec(compile(_python_blocks()[index], f"README.md python block {index + 1}", "exec"), {})
+
+
+@pytest.mark.parametrize("name", DOCTEST_MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, extraglobs={"torch": importlib.import_module("torch")}, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
