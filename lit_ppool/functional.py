@@ -110,7 +110,7 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation
         L_{out} = \\left\\lfloor \\frac{L + 2p - d(k - 1) - 1}{s} \\right\\rfloor + 1
 
     (``ceil`` with ``ceil_mode``, dropping a last window that would start in the right
-    padding).
+    padding). TorchScript-compatible.
     """
     span = size + 2 * padding - dilation * (kernel - 1) - 1
     out = (-(-span // stride) if ceil_mode else span // stride) + 1

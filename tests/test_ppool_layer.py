@@ -149,3 +149,49 @@ def test_alpha_initialised_at_zero_can_grow():
     optimiser = torch.optim.SGD(pool.parameters(), lr=1.0)
     history = _push(pool, optimiser, 1.0, 5, torch.rand(2, 3, 8, 8) + 0.05)
     assert history[-1] > 0.0
+
+
+# ------------------------------------------------------------------- TorchScript, compile, export
+
+
+def _small_net(**pool_kwargs):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), PPool2d(**pool_kwargs))
+
+
+@pytest.mark.parametrize(
+    "pool_kwargs",
+    [
+        {"kernel_size": 2, "alpha_init": 2.0},
+        {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "alpha_init": 0.0},
+        {"kernel_size": 3, "stride": 1, "padding": 1, "dilation": 2, "num_channels": 4, "alpha_init": 5.0},
+    ],
+)
+def test_torchscript_matches_eager_forward_and_backward(pool_kwargs):
+    net = _small_net(**pool_kwargs).double()
+    scripted = torch.jit.script(net)
+    x = torch.rand(2, 3, 15, 15, dtype=torch.float64)
+    torch.testing.assert_close(scripted(x), net(x))
+    torch.testing.assert_close(scripted(x[0]), net(x[0]))
+    eager_grads = torch.autograd.grad(net(x).sum(), list(net.parameters()))
+    scripted_grads = torch.autograd.grad(scripted(x).sum(), list(scripted.parameters()))
+    for eager, script in zip(eager_grads, scripted_grads):
+        torch.testing.assert_close(script, eager)
+
+
+def test_torch_compile_matches_eager():
+    net = _small_net(kernel_size=3, stride=2, padding=1, alpha_init=1.5)
+    compiled = torch.compile(net)
+    x = torch.rand(2, 3, 16, 16)
+    out = compiled(x)
+    torch.testing.assert_close(out, net(x))
+    (compiled_grad,) = torch.autograd.grad(out.sum(), [net[2].alpha_raw])
+    (eager_grad,) = torch.autograd.grad(net(x).sum(), [net[2].alpha_raw])
+    torch.testing.assert_close(compiled_grad, eager_grad)
+
+
+def test_torch_export_matches_eager():
+    net = _small_net(kernel_size=2, alpha_init=3.0).eval()
+    x = torch.rand(1, 3, 16, 16)
+    exported = torch.export.export(net, (x,))
+    torch.testing.assert_close(exported.module()(x), net(x))

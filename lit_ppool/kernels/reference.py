@@ -4,23 +4,120 @@ Every step works on output-sized strided views of the padded input, so no k*k-si
 tensor is ever built. Forward keeps only the input and the window maximum (one
 output-sized tensor in the compute dtype) for backward; backward recomputes the weights
 from them and applies the analytic gradient (see ``lit_ppool.functional``).
+
+The forward math is written as TorchScript-compatible functions (hence ``eps`` passed as a
+default argument rather than read as a global): the autograd Function
+runs them without autograd, and a scripted ``PPool2d`` runs them with autograd (whose
+derivative is the same function's, NaN-safe at padding).
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_ppool.kernels.common import EPS, pad_amounts, window
+from lit_ppool.kernels.common import EPS
 
 
 def compute_dtype(input: Tensor, alpha: Tensor) -> torch.dtype:
     """At least float32; float64 when either operand is float64."""
     return torch.promote_types(torch.promote_types(input.dtype, alpha.dtype), torch.float32)
+
+
+def pad_amounts(
+    in_size: List[int], out_size: List[int], kernel: List[int], stride: List[int], padding: List[int], dilation: List[int]
+) -> List[int]:
+    """``F.pad`` amounts (left, right, top, bottom) so that every output window lies inside.
+
+    The right/bottom amount covers ``ceil_mode`` windows that run past the symmetric
+    padding; trailing rows that no window reads are simply left unread.
+    """
+    bottom = (out_size[0] - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1 - in_size[0] - padding[0]
+    right = (out_size[1] - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1 - in_size[1] - padding[1]
+    return [padding[1], max(right, 0), padding[0], max(bottom, 0)]
+
+
+def window(padded: Tensor, i: int, j: int, out_size: List[int], stride: List[int], dilation: List[int]) -> Tensor:
+    """Strided view of ``padded`` holding element ``(i, j)`` of every window: output-sized, no copy."""
+    h0 = i * dilation[0]
+    w0 = j * dilation[1]
+    return padded[
+        ...,
+        h0 : h0 + (out_size[0] - 1) * stride[0] + 1 : stride[0],
+        w0 : w0 + (out_size[1] - 1) * stride[1] + 1 : stride[1],
+    ]
+
+
+def prepare(input: Tensor, alpha: Tensor, pads: List[int], eps: float = EPS) -> Tuple[Tensor, Tensor, Tensor]:
+    """Padded values, padded weight bases ``max(x, EPS)`` and broadcastable alpha, in the compute dtype.
+
+    Padding is 0 in the bases while real bases are >= EPS (or NaN), so ``bases != 0`` marks
+    real positions.
+    """
+    dtype = compute_dtype(input, alpha)
+    values = input.to(dtype)
+    return F.pad(values, pads), F.pad(values.clamp_min(eps), pads), alpha.to(dtype).view(-1, 1, 1)
+
+
+def window_max(
+    bases: Tensor, kernel: List[int], out_size: List[int], stride: List[int], dilation: List[int], eps: float = EPS
+) -> Tensor:
+    """Maximum of the bases over every window (at least EPS, also for a padding-only window)."""
+    maximum = window(bases, 0, 0, out_size, stride, dilation)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            if i + j > 0:
+                maximum = torch.maximum(maximum, window(bases, i, j, out_size, stride, dilation))
+    return maximum.clamp_min(eps)
+
+
+def log_ratio_and_weight(
+    bases: Tensor, alpha: Tensor, maximum: Tensor, padded: bool, i: int, j: int,
+    out_size: List[int], stride: List[int], dilation: List[int],
+) -> Tuple[Tensor, Tensor]:
+    """``log(x~/max)`` and the unnormalised weight ``(x~/max)^alpha`` of offset (i, j); both 0 on padding."""
+    ratio = window(bases, i, j, out_size, stride, dilation) / maximum
+    if not padded:
+        log_ratio = torch.log(ratio)
+        return log_ratio, torch.exp(alpha * log_ratio)
+    real = ratio != 0
+    log_ratio = torch.log(torch.where(real, ratio, torch.ones_like(ratio)))
+    return log_ratio, torch.where(real, torch.exp(alpha * log_ratio), torch.zeros_like(ratio))
+
+
+def normaliser_and_output(
+    values: Tensor, bases: Tensor, alpha: Tensor, maximum: Tensor, padded: bool,
+    kernel: List[int], out_size: List[int], stride: List[int], dilation: List[int],
+) -> Tuple[Tensor, Tensor]:
+    """``sum_i u_i`` and ``y = sum_i u_i x_i / sum_i u_i`` for every window."""
+    total = torch.zeros_like(maximum)
+    weighted = torch.zeros_like(maximum)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            _, weight = log_ratio_and_weight(bases, alpha, maximum, padded, i, j, out_size, stride, dilation)
+            total = total + weight
+            weighted = weighted + weight * window(values, i, j, out_size, stride, dilation)
+    # The maximum weighs exactly 1, so total >= 1; only a padding-only window has 0 (-> output 0).
+    total = total.clamp_min(1.0)
+    return total, weighted / total
+
+
+def p_pool2d_forward(
+    input: Tensor, alpha: Tensor, kernel: List[int], stride: List[int], padding: List[int],
+    dilation: List[int], out_size: List[int],
+) -> Tuple[Tensor, Tensor]:
+    """Output (compute dtype) and window maximum for a 4-d ``input``; differentiable by autograd."""
+    pads = pad_amounts([input.shape[-2], input.shape[-1]], out_size, kernel, stride, padding, dilation)
+    padded = max(pads) > 0
+    values, bases, alpha_b = prepare(input, alpha, pads)
+    maximum = window_max(bases, kernel, out_size, stride, dilation)
+    _, output = normaliser_and_output(values, bases, alpha_b, maximum, padded, kernel, out_size, stride, dilation)
+    return output, maximum
 
 
 def _no_autocast(device_type: str):
@@ -29,98 +126,53 @@ def _no_autocast(device_type: str):
     return contextlib.nullcontext()
 
 
-class _Prepared:
-    """Padded values and padded weight bases of one input, in the compute dtype."""
-
-    def __init__(self, input: Tensor, alpha: Tensor, geometry, out_size: tuple[int, int]) -> None:
-        dtype = compute_dtype(input, alpha)
-        self.geometry = geometry
-        self.out_size = out_size
-        self.alpha = alpha.to(dtype).view(-1, 1, 1)
-        values = input.to(dtype)
-        pads = pad_amounts(tuple(input.shape[-2:]), out_size, geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation)
-        self.padded = any(p > 0 for p in pads)
-        # Padding is 0 in `bases`; real bases are >= EPS (or NaN), so `bases != 0` marks real positions.
-        self.values = F.pad(values, pads)
-        self.bases = F.pad(values.clamp_min(EPS), pads)
-        self.offsets = [(i, j) for i in range(geometry.kernel_size[0]) for j in range(geometry.kernel_size[1])]
-
-    def window(self, padded: Tensor, i: int, j: int) -> Tensor:
-        return window(padded, i, j, self.out_size, self.geometry.stride, self.geometry.dilation)
-
-    def window_max(self) -> Tensor:
-        maximum = None
-        for i, j in self.offsets:
-            base = self.window(self.bases, i, j)
-            maximum = base if maximum is None else torch.maximum(maximum, base)
-        return maximum.clamp_min(EPS)  # only a window made of padding alone is below EPS
-
-    def log_ratio_and_weight(self, i: int, j: int, maximum: Tensor) -> tuple[Tensor, Tensor]:
-        """``log(x~/max)`` and the unnormalised weight ``(x~/max)^alpha`` of offset (i, j); 0 on padding."""
-        ratio = self.window(self.bases, i, j) / maximum
-        if not self.padded:
-            log_ratio = torch.log(ratio)
-            return log_ratio, torch.exp(self.alpha * log_ratio)
-        real = ratio != 0
-        log_ratio = torch.log(torch.where(real, ratio, 1.0))
-        return log_ratio, torch.where(real, torch.exp(self.alpha * log_ratio), 0.0)
-
-    def normaliser_and_output(self, maximum: Tensor) -> tuple[Tensor, Tensor]:
-        total = torch.zeros_like(maximum)
-        weighted = torch.zeros_like(maximum)
-        for i, j in self.offsets:
-            _, weight = self.log_ratio_and_weight(i, j, maximum)
-            total += weight
-            weighted += weight * self.window(self.values, i, j)
-        # total >= 1 (the maximum weighs 1) except in a padding-only window, where it is 0.
-        total = total.clamp_min(torch.finfo(total.dtype).tiny)
-        return total, weighted / total
-
-
 class PPool2dFunction(torch.autograd.Function):
     """Autograd Function of the reference path. Inputs are validated by ``p_pool2d``."""
 
     @staticmethod
-    def forward(ctx, input: Tensor, alpha: Tensor, geometry, out_size: tuple[int, int]) -> Tensor:
+    def forward(ctx, input: Tensor, alpha: Tensor, geometry, out_size: Tuple[int, int]) -> Tensor:
+        kernel, stride, padding, dilation = (list(pair) for pair in geometry[:4])
         with _no_autocast(input.device.type):
-            prepared = _Prepared(input, alpha, geometry, out_size)
-            maximum = prepared.window_max()
-            _, output = prepared.normaliser_and_output(maximum)
+            output, maximum = p_pool2d_forward(input, alpha, kernel, stride, padding, dilation, list(out_size))
         ctx.save_for_backward(input, alpha, maximum)
-        ctx.geometry = geometry
-        ctx.out_size = out_size
+        ctx.geometry = (kernel, stride, padding, dilation)
+        ctx.out_size = list(out_size)
         return output.to(input.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: Tensor):
         input, alpha, maximum = ctx.saved_tensors
+        kernel, stride, padding, dilation = ctx.geometry
+        out_size = ctx.out_size
+        pads = pad_amounts(list(input.shape[-2:]), out_size, kernel, stride, padding, dilation)
+        padded = max(pads) > 0
         with _no_autocast(input.device.type):
-            prepared = _Prepared(input, alpha, ctx.geometry, ctx.out_size)
-            total, output = prepared.normaliser_and_output(maximum)
-            grad_scaled = grad_output.to(total.dtype) / total  # dL/dy * 1/sum(u)
-            grad_padded = torch.zeros_like(prepared.values) if ctx.needs_input_grad[0] else None
+            values, bases, alpha_b = prepare(input, alpha, pads)
+            args = (out_size, stride, dilation)
+            total, output = normaliser_and_output(values, bases, alpha_b, maximum, padded, kernel, *args)
+            grad_scaled = grad_output.to(total.dtype) / total  # dL/dy / sum(u)
+            grad_values = torch.zeros_like(values) if ctx.needs_input_grad[0] else None
             grad_alpha_map = torch.zeros_like(total) if ctx.needs_input_grad[1] else None
-            for i, j in prepared.offsets:
-                log_ratio, weight = prepared.log_ratio_and_weight(i, j, maximum)
-                values = prepared.window(prepared.values, i, j)
-                grad_w = grad_scaled * weight  # dL/dy * w_i
-                centred = values - output
-                if grad_padded is not None:
-                    # dy/dx_i = w_i (1 + alpha (x_i - y) / x_i); the weight term vanishes below EPS.
-                    bases = prepared.window(prepared.bases, i, j)
-                    slope = torch.where(values >= EPS, prepared.alpha * centred / bases, 0.0)
-                    prepared.window(grad_padded, i, j).add_(grad_w * (1.0 + slope))
-                if grad_alpha_map is not None:
-                    # dy/dalpha = sum_i w_i log(x_i / max) (x_i - y); the log(max) part sums to 0.
-                    grad_alpha_map += grad_w * log_ratio * centred
+            for i in range(kernel[0]):
+                for j in range(kernel[1]):
+                    log_ratio, weight = log_ratio_and_weight(bases, alpha_b, maximum, padded, i, j, *args)
+                    x = window(values, i, j, *args)
+                    grad_w = grad_scaled * weight  # dL/dy * w_i
+                    centred = x - output
+                    if grad_values is not None:
+                        # dy/dx_i = w_i (1 + alpha (x_i - y) / x_i); the weight term vanishes below EPS.
+                        slope = torch.where(x >= EPS, alpha_b * centred / window(bases, i, j, *args), 0.0)
+                        window(grad_values, i, j, *args).add_(grad_w * (1.0 + slope))
+                    if grad_alpha_map is not None:
+                        # dy/dalpha = sum_i w_i log(x_i / max) (x_i - y); the log(max) part sums to 0.
+                        grad_alpha_map += grad_w * log_ratio * centred
 
-        grad_input = None
-        if grad_padded is not None:
-            left, _, top, _ = pad_amounts(tuple(input.shape[-2:]), ctx.out_size, *ctx.geometry[:4])
+        grad_input = grad_alpha = None
+        if grad_values is not None:
+            left, top = pads[0], pads[2]
             height, width = input.shape[-2:]
-            grad_input = grad_padded[..., top : top + height, left : left + width].to(input.dtype)
-        grad_alpha = None
+            grad_input = grad_values[..., top : top + height, left : left + width].to(input.dtype)
         if grad_alpha_map is not None:
             reduced = grad_alpha_map.sum() if alpha.numel() == 1 else grad_alpha_map.sum(dim=(0, 2, 3))
             grad_alpha = reduced.reshape(alpha.shape).to(alpha.dtype)

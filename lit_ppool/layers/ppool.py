@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lit_ppool.functional import _size_2_t, p_pool2d, pool_geometry
+from lit_ppool.functional import _size_2_t, p_pool2d, pool_geometry, pool_output_size
+from lit_ppool.kernels.reference import p_pool2d_forward
 
 __all__ = ["PPool2d", "DEFAULT_ALPHA_MAX"]
 
@@ -87,6 +88,8 @@ class PPool2d(nn.Module):
         PPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False, alpha=0.0000)
     """
 
+    __jit_unused_properties__ = ["alpha"]  # scripted forward clamps alpha_raw itself
+
     def __init__(
         self,
         kernel_size: _size_2_t,
@@ -101,7 +104,7 @@ class PPool2d(nn.Module):
         learnable: bool = True,
     ) -> None:
         super().__init__()
-        pool_geometry(kernel_size, stride, padding, dilation, ceil_mode)  # validate early
+        geometry = pool_geometry(kernel_size, stride, padding, dilation, ceil_mode)
         if not (isinstance(alpha_max, (int, float)) and math.isfinite(alpha_max) and alpha_max > 0):
             raise ValueError(f"Expected argument `alpha_max` to be a finite number > 0, but got {alpha_max!r}.")
         if not (isinstance(alpha_init, (int, float)) and 0 <= alpha_init <= alpha_max):
@@ -118,6 +121,8 @@ class PPool2d(nn.Module):
         self.ceil_mode = ceil_mode
         self.num_channels = num_channels
         self.alpha_max = float(alpha_max)
+        # validated (h, w) pairs for the TorchScript path
+        self._kernel, self._stride, self._padding, self._dilation = (list(pair) for pair in geometry[:4])
         initial = torch.full((num_channels or 1,) if num_channels else (), float(alpha_init))
         if learnable:
             self.alpha_raw = nn.Parameter(initial)
@@ -130,6 +135,12 @@ class PPool2d(nn.Module):
         return _ProjectedClamp.apply(self.alpha_raw, self.alpha_max)
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_scripted(input)
+        return self._forward_eager(input)
+
+    @torch.jit.unused
+    def _forward_eager(self, input: Tensor) -> Tensor:
         if self.num_channels is not None:
             channels = input.shape[-3] if input.dim() >= 3 else None
             if channels != self.num_channels:
@@ -138,6 +149,18 @@ class PPool2d(nn.Module):
                     f"but got an input of shape {tuple(input.shape)}. Build it with the input's channel count."
                 )
         return p_pool2d(input, self.alpha, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+    def _forward_scripted(self, input: Tensor) -> Tensor:
+        """The same function through plain ops (autograd-differentiable), for ``torch.jit.script``."""
+        batched = input.unsqueeze(0) if input.dim() == 3 else input
+        out_size = [
+            pool_output_size(batched.shape[2 + d], self._kernel[d], self._stride[d], self._padding[d], self._dilation[d], self.ceil_mode)
+            for d in range(2)
+        ]
+        alpha = self.alpha_raw.clamp(0.0, self.alpha_max)
+        output, _ = p_pool2d_forward(batched, alpha, self._kernel, self._stride, self._padding, self._dilation, out_size)
+        output = output.to(input.dtype)
+        return output.squeeze(0) if input.dim() == 3 else output
 
     def extra_repr(self) -> str:
         geometry = (
