@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lit_ppool.functional import _size_2_t, p_pool2d, pool_geometry, pool_output_size
 from lit_ppool.kernels.reference import p_pool2d_forward
 
-__all__ = ["PPool2d", "DEFAULT_ALPHA_MAX"]
+__all__ = ["PPool2d", "GlobalPPool2d", "DEFAULT_ALPHA_MAX"]
 
 DEFAULT_ALPHA_MAX = 100.0
 """Upper bound of a learned alpha. At 100 a value at 95% of the window maximum weighs
@@ -167,10 +167,96 @@ class PPool2d(nn.Module):
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
             f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
         )
+        return f"{geometry}, {self._alpha_repr()}"
+
+    def _alpha_repr(self) -> str:
+        """``alpha=...`` for ``extra_repr``: the value, or per-channel statistics."""
         alpha = self.alpha_raw.detach().float().clamp(0.0, self.alpha_max)
         if self.num_channels is None:
-            return f"{geometry}, alpha={alpha.item():.4f}"
+            return f"alpha={alpha.item():.4f}"
         return (
-            f"{geometry}, alpha=[{self.num_channels} channels: mean {alpha.mean().item():.4f}, "
+            f"alpha=[{self.num_channels} channels: mean {alpha.mean().item():.4f}, "
             f"min {alpha.min().item():.4f}, max {alpha.max().item():.4f}]"
         )
+
+
+class GlobalPPool2d(PPool2d):
+    """Global P-pooling: one window over the whole ``(H, W)`` map, a drop-in for ``nn.AdaptiveAvgPool2d(1)``.
+
+    .. math::
+
+        y_{n,c} = \\frac{\\sum_{h,w} x_{n,c,h,w}^{\\alpha + 1}}{\\sum_{h,w} x_{n,c,h,w}^{\\alpha}}
+
+    ``alpha = 0`` is ``adaptive_avg_pool2d(x, 1)``, large alpha is ``adaptive_max_pool2d(x, 1)``.
+    It is :func:`~lit_ppool.functional.p_pool2d` with ``kernel_size`` the input's spatial
+    size, and keeps :class:`PPool2d`'s alpha: the parameter ``alpha_raw``, the effective
+    :attr:`alpha`, ``alpha_max``, per-channel alphas and ``learnable``. As a ``PPool2d``
+    subclass it is found wherever P-pooling layers are collected (alpha parameter groups,
+    logging). ``kernel_size`` and ``stride`` are ``None``: the window is the whole input.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)` or :math:`(C, H, W)`.
+        - Output: :math:`(N, C, 1, 1)` or :math:`(C, 1, 1)`.
+
+    Args:
+        alpha_init: Initial alpha, in ``[0, alpha_max]``.
+        num_channels: ``None`` for one alpha per layer; an int ``C`` for one alpha per channel.
+        alpha_max: Upper bound of alpha.
+        learnable: If ``False``, alpha is a fixed buffer instead of a parameter.
+
+    Raises:
+        ValueError: If ``alpha_init`` is outside ``[0, alpha_max]``, ``alpha_max`` is not
+            positive, or ``num_channels`` is not a positive int.
+
+    Example:
+        >>> pool = GlobalPPool2d(alpha_init=0.0)
+        >>> pool(torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]]))
+        tensor([[[[2.]]]], grad_fn=<PPool2dFunctionBackward>)
+        >>> pool
+        GlobalPPool2d(output_size=1, alpha=0.0000)
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha_init: float = 1.0,
+        num_channels: int | None = None,
+        alpha_max: float = DEFAULT_ALPHA_MAX,
+        learnable: bool = True,
+    ) -> None:
+        super().__init__(1, alpha_init=alpha_init, num_channels=num_channels, alpha_max=alpha_max, learnable=learnable)
+        self.kernel_size = None  # the whole input, whatever its size
+        self.stride = None
+        self.output_size = 1
+
+    def forward(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._forward_scripted(input)
+        return self._forward_eager(input)
+
+    @torch.jit.unused
+    def _forward_eager(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor):
+            raise TypeError(f"Expected argument `input` to be a torch.Tensor, but got {type(input).__name__}.")
+        if input.dim() not in (3, 4):
+            raise ValueError(
+                f"Expected argument `input` to be a 3D (C, H, W) or 4D (N, C, H, W) tensor, but got shape {tuple(input.shape)}."
+            )
+        if self.num_channels is not None and input.shape[-3] != self.num_channels:
+            raise ValueError(
+                f"GlobalPPool2d was built with num_channels={self.num_channels} (one alpha per channel), "
+                f"but got an input of shape {tuple(input.shape)}. Build it with the input's channel count."
+            )
+        return p_pool2d(input, self.alpha, (input.shape[-2], input.shape[-1]))
+
+    def _forward_scripted(self, input: Tensor) -> Tensor:
+        """The same function through plain ops (autograd-differentiable), for ``torch.jit.script``."""
+        batched = input.unsqueeze(0) if input.dim() == 3 else input
+        window = [batched.shape[2], batched.shape[3]]
+        alpha = self.alpha_raw.clamp(0.0, self.alpha_max)
+        output, _ = p_pool2d_forward(batched, alpha, window, window, [0, 0], [1, 1], [1, 1])
+        output = output.to(input.dtype)
+        return output.squeeze(0) if input.dim() == 3 else output
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}, {self._alpha_repr()}"

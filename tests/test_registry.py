@@ -1,0 +1,94 @@
+"""The pooling registry: names, lookups, errors, and MaxPool2d geometry for every entry."""
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from lit_ppool import available_poolings, create_pool2d, get_pool_layer
+from lit_ppool.layers import PPool2d
+from lit_ppool.layers.registry import POOLINGS, pool_requires_num_channels, pool_with_padding
+
+NAMES = ["avg", "dpp", "gated", "lp", "max", "mixed", "p", "softpool", "strided_conv"]
+CHANNELS = 3
+
+GEOMETRIES = [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=3, stride=2, padding=0, ceil_mode=True),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), ceil_mode=True),
+    dict(kernel_size=3, stride=1, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, dilation=2),
+    dict(kernel_size=2, stride=3, dilation=(1, 2), ceil_mode=True),
+]
+
+
+def build(name, **geometry):
+    extra = {"num_channels": CHANNELS} if pool_requires_num_channels(name) else {}
+    return create_pool2d(name, **geometry, **extra)
+
+
+def test_names_are_the_documented_ones():
+    assert available_poolings() == NAMES
+    assert sorted(POOLINGS) == NAMES
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="Expected argument `to` to be one of") as info:
+        get_pool_layer("maxx")
+    for name in NAMES:
+        assert repr(name) in str(info.value)
+    with pytest.raises(ValueError, match="pooling name"):
+        get_pool_layer(3)
+
+
+def test_names_classes_and_partials_are_accepted():
+    assert get_pool_layer("p") is PPool2d
+    assert get_pool_layer("Strided-Conv") is POOLINGS["strided_conv"]
+    assert get_pool_layer(PPool2d) is PPool2d
+    partial = functools.partial(PPool2d, alpha_init=3.0)
+    layer = create_pool2d(partial, 2)
+    assert isinstance(layer, PPool2d) and layer.alpha.item() == 3.0
+    assert pool_requires_num_channels(functools.partial(POOLINGS["strided_conv"], depthwise=False))
+    assert not pool_requires_num_channels("p")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+def test_output_shape_is_maxpool_shape(name, geometry):
+    x = torch.rand(2, CHANNELS, 11, 10)
+    expected = nn.MaxPool2d(**geometry)(x).shape
+    if name == "avg" and geometry.get("dilation", 1) != 1:
+        with pytest.raises(ValueError, match="Expected argument `dilation` to be 1"):
+            build(name, **geometry)
+        return
+    layer = build(name, **geometry)
+    out = layer(x)
+    assert out.shape == expected
+    assert torch.isfinite(out).all()
+    # torch's attribute names, so surgery and user code can read them back
+    assert layer.kernel_size == geometry["kernel_size"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_invalid_geometry_raises(name):
+    # ours refuse at construction; nn.MaxPool2d (the `max` entry) refuses when called
+    with pytest.raises((ValueError, TypeError, RuntimeError), match="(?i)pad"):
+        build(name, kernel_size=2, padding=2)(torch.rand(1, CHANNELS, 6, 6))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pool_with_padding_matches_a_layer_built_with_that_padding(name):
+    torch.manual_seed(0)
+    x = torch.rand(1, CHANNELS, 9, 8)
+    plain = build(name, kernel_size=3, stride=2)
+    padded = build(name, kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    padded.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(pool_with_padding(plain, x, (1, 1), True), padded(x))
+
+
+def test_pool_with_padding_rejects_unregistered_modules():
+    with pytest.raises(TypeError, match="registered pooling"):
+        pool_with_padding(nn.LPPool2d(2, 2), torch.rand(1, 1, 4, 4), 0, False)
