@@ -1,0 +1,26 @@
+"""Training: the LightningModule, datamodules, metrics and prediction writer behind `lit-ppool`."""
+
+from lit_ppool.training.data import (
+    ADE20KDataModule,
+    CamVidDataModule,
+    CityscapesDataModule,
+    SegmentationDataModule,
+    SyntheticDetailDataModule,
+    VOCDataModule,
+)
+from lit_ppool.training.metrics import TrimapJaccardIndex
+from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
+from lit_ppool.training.writer import PaletteMaskWriter
+
+__all__ = [
+    "ADE20KDataModule",
+    "CamVidDataModule",
+    "CityscapesDataModule",
+    "VOCDataModule",
+    "ConfigError",
+    "PPoolSegmentationModule",
+    "PaletteMaskWriter",
+    "SegmentationDataModule",
+    "SyntheticDetailDataModule",
+    "TrimapJaccardIndex",
+]

@@ -1,0 +1,178 @@
+"""A synthetic "detail" segmentation dataset, generated on the fly: thin lines, small blobs, textures."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from lit_ppool.training.data.base import SegmentationDataModule
+from lit_ppool.training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = ["SyntheticDetailDataset", "SyntheticDetailDataModule", "SYNTHETIC_CLASSES"]
+
+SYNTHETIC_CLASSES = ("background", "thin_line", "small_blob", "stripes", "dots")
+_SPLIT_ID = {"train": 0, "val": 1, "test": 2}
+
+
+class SyntheticDetailDataset(Dataset):
+    """Images whose classes differ only in fine detail, so that pooling choices matter.
+
+    Every sample is generated from ``(seed, split, index)`` alone, so it is identical on
+    every call, worker and process. On a smooth, noisy background:
+
+    * ``stripes`` and ``dots`` regions (ellipses) have the background's mean colour and differ
+      from it only by a texture of period 3-4 pixels: average pooling washes them out;
+    * ``thin_line`` (1 pixel wide) and ``small_blob`` (radius 1.5-3 pixels) are darker than
+      their surroundings: max pooling, which keeps the brightest pixel of each window,
+      erases them.
+
+    Items are ``{"image": tv_tensors.Image float32 (3, H, W) in [0, 1], "mask":
+    tv_tensors.Mask int64 (H, W), "name": str}`` before ``transforms``.
+
+    Args:
+        length: Number of samples.
+        image_size: Height and width in pixels.
+        split: ``"train"``, ``"val"`` or ``"test"``: different samples for each.
+        seed: Base seed.
+        transforms: Joint transform applied to each sample dict.
+
+    Raises:
+        ValueError: If ``split`` is unknown or a size is not positive.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        image_size: int = 64,
+        split: str = "train",
+        seed: int = 0,
+        transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
+        if split not in _SPLIT_ID:
+            raise ValueError(f"Expected argument `split` to be one of {sorted(_SPLIT_ID)}, but got {split!r}.")
+        for arg, value in (("length", length), ("image_size", image_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected argument `{arg}` to be an int >= 1, but got {value!r}.")
+        self.length = length
+        self.image_size = image_size
+        self.split = split
+        self.seed = seed
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for a dataset of {self.length} samples")
+        image, mask = self.generate(index)
+        sample = {"image": tv_tensors.Image(image), "mask": tv_tensors.Mask(mask), "name": f"synthetic_{self.split}_{index:05d}"}
+        return self.transforms(sample) if self.transforms is not None else sample
+
+    def generate(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the ``(image, mask)`` pair of sample ``index``, without transforms."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + _SPLIT_ID[self.split] * 100_003 + index)
+        size = self.image_size
+
+        def uniform(low: float, high: float, n: int = 1) -> torch.Tensor:
+            return low + (high - low) * torch.rand(n, generator=gen)
+
+        ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+        base_colour = uniform(0.35, 0.65, 3).view(3, 1, 1)
+        low_freq = F.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear", align_corners=False)[0]
+        image = base_colour + 0.2 * (low_freq - 0.5)
+        mask = torch.zeros(size, size, dtype=torch.int64)
+
+        # textured ellipses: same mean as their surroundings, period-3/4 texture
+        for label in (3, 4):
+            for _ in range(int(torch.randint(1, 3, (1,), generator=gen))):
+                cy, cx = uniform(0, size, 2).tolist()
+                ry, rx = (uniform(0.12, 0.3, 2) * size).tolist()
+                region = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
+                if label == 3:
+                    theta = float(uniform(0, math.pi))
+                    texture = torch.sin(2 * math.pi * (xs * math.cos(theta) + ys * math.sin(theta)) / 4.0)
+                else:
+                    texture = torch.where((ys.long() % 3 == 0) & (xs.long() % 3 == 0), 1.0, -0.5)
+                image = torch.where(region, image + 0.18 * texture, image)
+                mask[region] = label
+
+        # small dark blobs, bluish tint
+        for _ in range(int(torch.randint(3, 8, (1,), generator=gen))):
+            cy, cx = uniform(2, size - 2, 2).tolist()
+            radius = float(uniform(1.5, 3.0))
+            region = (ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2
+            image = torch.where(region, image - torch.tensor([0.3, 0.3, 0.15]).view(3, 1, 1), image)
+            mask[region] = 2
+
+        # thin dark lines, one pixel wide, spanning the image
+        for _ in range(int(torch.randint(2, 4, (1,), generator=gen))):
+            cy, cx = uniform(0, size, 2).tolist()
+            theta = float(uniform(0, math.pi))
+            distance = ((xs - cx) * math.sin(theta) - (ys - cy) * math.cos(theta)).abs()
+            region = distance <= 0.5
+            image = torch.where(region, image - 0.3, image)
+            mask[region] = 1
+
+        image = image + 0.04 * torch.randn(3, size, size, generator=gen)
+        return image.clamp(0, 1), mask
+
+
+class SyntheticDetailDataModule(SegmentationDataModule):
+    """DataModule of :class:`SyntheticDetailDataset`: no files, deterministic by ``seed``.
+
+    The quickstart's dataset: five classes (``background``, ``thin_line``, ``small_blob``,
+    ``stripes``, ``dots``) whose differences are all fine detail. Training samples get
+    random horizontal flips; validation and test samples are fixed.
+
+    Args:
+        image_size: Height and width of every image (a multiple of 32 for smp models).
+        train_size: Training samples per epoch.
+        val_size: Validation samples.
+        test_size: Test (and predict) samples.
+        batch_size: Training batch size.
+        eval_batch_size: Validation/test/predict batch size.
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory.
+        seed: Base seed of the generator.
+        hflip: Random horizontal flips in training.
+    """
+
+    num_classes = len(SYNTHETIC_CLASSES)
+    class_names = SYNTHETIC_CLASSES
+
+    def __init__(
+        self,
+        image_size: int = 64,
+        train_size: int = 512,
+        val_size: int = 64,
+        test_size: int = 64,
+        batch_size: int = 16,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+        hflip: bool = True,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            crop_size=image_size,
+            scale_range=(1.0, 1.0),
+            hflip=hflip,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+        )
+        self.image_size = image_size
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.seed = seed
+
+    def build_dataset(self, split: str, transforms: Callable) -> Dataset:
+        return SyntheticDetailDataset(self.sizes[split], self.image_size, split, self.seed, transforms)

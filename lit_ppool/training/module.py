@@ -1,0 +1,304 @@
+"""The LightningModule: an smp segmentation model whose pooling layers are swapped, with its metrics."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Sequence
+
+import lightning as L
+import segmentation_models_pytorch as smp
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from lit_ppool.layers.ppool import PPool2d
+from lit_ppool.layers.registry import available_poolings, pool_requires_num_channels
+from lit_ppool.surgery import swap_pooling
+from lit_ppool.training.metrics import TrimapJaccardIndex, check_labels
+
+__all__ = ["ConfigError", "LOSSES", "PPoolSegmentationModule", "available_archs", "available_encoders"]
+
+
+class ConfigError(ValueError):
+    """An invalid model configuration (unknown name, bad value), detected before training."""
+
+
+def _cross_entropy(ignore_index: int) -> nn.Module:
+    return nn.CrossEntropyLoss(ignore_index=ignore_index)
+
+
+def _dice(ignore_index: int) -> nn.Module:
+    return smp.losses.DiceLoss(mode="multiclass", ignore_index=ignore_index)
+
+
+def _lovasz(ignore_index: int) -> nn.Module:
+    return smp.losses.LovaszLoss(mode="multiclass", ignore_index=ignore_index)
+
+
+class _SumOfLosses(nn.ModuleList):
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return sum(loss(logits, target) for loss in self)
+
+
+LOSSES = {
+    "ce": _cross_entropy,
+    "dice": _dice,
+    "lovasz": _lovasz,
+    "ce+dice": lambda ignore_index: _SumOfLosses([_cross_entropy(ignore_index), _dice(ignore_index)]),
+    "ce+lovasz": lambda ignore_index: _SumOfLosses([_cross_entropy(ignore_index), _lovasz(ignore_index)]),
+}
+"""Loss name -> factory taking ``ignore_index``: cross-entropy, smp's Dice and Lovasz, or sums."""
+
+
+def available_archs() -> list[str]:
+    """Names of the smp architectures (``Unet``, ``FPN``, ``DeepLabV3Plus``, ...)."""
+    return sorted(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
+
+
+def available_encoders() -> list[str]:
+    """Names of smp's own encoders; any timm model is also available as ``"tu-<timm name>"``."""
+    return sorted(smp.encoders.get_encoder_names())
+
+
+def _check_choice(arg: str, value: Any, choices: Sequence[str], hint: str = "") -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ConfigError(f"Expected argument `{arg}` to be one of {list(choices)}{hint}, but got {value!r}.")
+
+
+def _check_encoder(encoder_name: Any) -> None:
+    if isinstance(encoder_name, str) and encoder_name.startswith("tu-"):
+        import timm
+
+        if timm.is_model(encoder_name[3:]):
+            return
+        raise ConfigError(
+            f"Expected argument `encoder_name` to be 'tu-<a timm model name>' (see `timm.list_models()`), "
+            f"but got {encoder_name!r}: {encoder_name[3:]!r} is not a timm model."
+        )
+    _check_choice("encoder_name", encoder_name, available_encoders(), " or 'tu-<any timm model>'")
+
+
+class PPoolSegmentationModule(L.LightningModule):
+    """Semantic segmentation with an smp model whose pooling layers are swapped (P-pooling by default).
+
+    ``__init__`` builds ``smp.create_model(arch, encoder_name, encoder_weights, classes=num_classes)``
+    (loading the pretrained encoder weights), then replaces its pooling layers with
+    :func:`lit_ppool.swap_pooling`, so every process under DDP and every checkpoint sees the
+    same modules and the same alpha parameters.
+
+    Optimisation: the ``alpha_raw`` parameters of the :class:`~lit_ppool.PPool2d` layers form
+    their own parameter group with no weight decay and learning rate ``lr * alpha_lr_mult``;
+    every other parameter is in the first group.
+
+    Logged metrics (torchmetrics, dataset-level, synchronised across processes), for
+    ``stage`` in ``val`` and ``test``:
+
+    * ``{stage}/mIoU``: ``MulticlassJaccardIndex(average="macro", ignore_index=...)``;
+    * ``{stage}/pixel_acc``: pixel accuracy over non-ignored pixels;
+    * ``{stage}/trimap_mIoU``: mIoU within ``boundary_width`` pixels of a ground-truth boundary
+      (:class:`~lit_ppool.training.metrics.TrimapJaccardIndex`), the detail-sensitive score;
+    * ``{stage}/IoU/<class name>``: per-class IoU at epoch end (names from the datamodule's
+      ``class_names``);
+    * ``{stage}/loss`` and ``train/loss``.
+
+    Args:
+        arch: smp architecture name, e.g. ``"Unet"``, ``"FPN"``, ``"DeepLabV3Plus"`` (case-insensitive).
+        encoder_name: smp encoder (``"resnet101"``, ``"vgg16"``, ...) or ``"tu-<timm model>"``.
+        encoder_weights: Pretrained encoder weights (``"imagenet"``) or ``None`` for random init.
+        num_classes: Number of classes.
+        pooling: Pooling registry name the model's pooling layers are swapped to
+            (``"p"``, ``"max"``, ``"avg"``, ``"lp"``, ``"gated"``, ``"mixed"``, ``"dpp"``,
+            ``"strided_conv"``, ``"softpool"``).
+        pooling_kwargs: Keyword arguments of the new pooling layers (e.g. ``{"alpha_init": 1.0}``).
+        include: Glob(s) of qualified module names to swap (default: all pooling layers).
+        exclude: Glob(s) of qualified module names to leave alone.
+        loss: One of :data:`LOSSES`: ``"ce"``, ``"dice"``, ``"lovasz"``, ``"ce+dice"``, ``"ce+lovasz"``.
+        ignore_index: Label of pixels ignored by the loss and the metrics.
+        alpha_lr_mult: Learning-rate multiplier of the alpha parameter group, ``>= 0``.
+        optimizer: Optimiser factory taking the parameter groups (LightningCLI injects it).
+        scheduler: Optional learning-rate scheduler factory taking the optimiser.
+        scheduler_interval: Step the scheduler every ``"step"`` (poly schedules) or ``"epoch"``.
+        boundary_width: Half-width in pixels of the band of the trimap mIoU.
+        model_kwargs: Extra keyword arguments of the smp model (``decoder_channels``, ...).
+
+    Raises:
+        ConfigError: (a ``ValueError``) if a name is unknown (listing the valid ones) or a
+            value is out of range.
+
+    Example:
+        >>> module = PPoolSegmentationModule("Unet", "resnet18", None, num_classes=3)
+        >>> module.model.encoder.maxpool
+        PPool2d(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False, alpha=1.0000)
+    """
+
+    def __init__(
+        self,
+        arch: str = "Unet",
+        encoder_name: str = "resnet34",
+        encoder_weights: str | None = "imagenet",
+        num_classes: int = 21,
+        pooling: str = "p",
+        pooling_kwargs: dict[str, Any] | None = None,
+        include: str | list[str] | None = None,
+        exclude: str | list[str] | None = None,
+        loss: str = "ce",
+        ignore_index: int = 255,
+        alpha_lr_mult: float = 1.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: Literal["step", "epoch"] = "step",
+        boundary_width: int = 3,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        archs = {name.lower(): name for name in available_archs()}
+        if not isinstance(arch, str) or arch.lower() not in archs:
+            raise ConfigError(f"Expected argument `arch` to be one of {available_archs()} (any case), but got {arch!r}.")
+        _check_encoder(encoder_name)
+        _check_choice("pooling", pooling, available_poolings())
+        _check_choice("loss", loss, list(LOSSES))
+        _check_choice("scheduler_interval", scheduler_interval, ["step", "epoch"])
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ConfigError(f"Expected argument `num_classes` to be an int >= 1, but got {num_classes!r}.")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
+            raise ConfigError(
+                f"Expected argument `ignore_index` to be an int outside [0, num_classes={num_classes}), "
+                f"but got {ignore_index!r}."
+            )
+        if isinstance(alpha_lr_mult, bool) or not isinstance(alpha_lr_mult, (int, float)) or not alpha_lr_mult >= 0:
+            raise ConfigError(f"Expected argument `alpha_lr_mult` to be a number >= 0, but got {alpha_lr_mult!r}.")
+        if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 1:
+            raise ConfigError(f"Expected argument `boundary_width` to be an int >= 1, but got {boundary_width!r}.")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+        self.model = smp.create_model(
+            archs[arch.lower()],
+            encoder_name=encoder_name,
+            encoder_weights=encoder_weights,
+            classes=num_classes,
+            **(model_kwargs or {}),
+        )
+        pooling_kwargs = dict(pooling_kwargs or {})
+        example_input = None
+        if pool_requires_num_channels(pooling) or pooling_kwargs.get("num_channels") == "auto":
+            # one probe forward measures each pool's channel count
+            example_input = torch.zeros(1, (model_kwargs or {}).get("in_channels", 3), 64, 64)
+        try:
+            report = swap_pooling(
+                self.model, to=pooling, include=include, exclude=exclude, example_input=example_input, **pooling_kwargs
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"Could not swap the pooling layers of {arch}/{encoder_name} to {pooling!r}: {err}") from err
+        unbuildable = [skip for skip in report.skipped if "cannot be built" in skip.reason]
+        if unbuildable and not len(report):
+            raise ConfigError(
+                f"Expected argument `pooling_kwargs` to be valid for pooling {pooling!r}, but no layer could be "
+                f"built with {pooling_kwargs}: {unbuildable[0].reason}"
+            )
+        self.swapped_layers = [swap.name for swap in report]
+        rank_zero_info(f"lit_ppool: {report.summary()}")
+        self.criterion = LOSSES[loss](ignore_index)
+
+        metrics = MetricCollection(
+            {
+                "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index, validate_args=False),
+                "pixel_acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index, validate_args=False),
+                "trimap_mIoU": TrimapJaccardIndex(num_classes, boundary_width, ignore_index, validate_args=False),
+            },
+            compute_groups=False,
+        )
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        per_class = MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index, validate_args=False)
+        self.val_class_iou = per_class.clone()
+        self.test_class_iou = per_class.clone()
+        self.class_names = tuple(f"class_{i}" for i in range(num_classes))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits of shape ``(N, num_classes, H, W)`` for images ``(N, 3, H, W)`` (H, W multiples of 32)."""
+        return self.model(images)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        expected = getattr(datamodule, "num_classes", None)
+        if expected is not None and expected != self.hparams.num_classes:
+            raise ConfigError(
+                f"Expected argument `num_classes` to match the datamodule's {expected} classes, "
+                f"but got {self.hparams.num_classes}."
+            )
+        names = getattr(datamodule, "class_names", None)
+        if names is not None and len(names) == self.hparams.num_classes:
+            self.class_names = tuple(str(name) for name in names)
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
+        """The learnable ``alpha_raw`` parameters of the model's :class:`~lit_ppool.PPool2d` layers."""
+        return [m.alpha_raw for m in self.model.modules() if isinstance(m, PPool2d) and isinstance(m.alpha_raw, nn.Parameter)]
+
+    def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        images, target = batch["image"], batch["mask"]
+        check_labels(target, self.hparams.num_classes, self.hparams.ignore_index, source=f"the batch {batch.get('name', '')}")
+        logits = self(images)
+        return self.criterion(logits, target), logits, target
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, _, _ = self._step(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        loss, logits, target = self._step(batch)
+        preds = logits.argmax(dim=1)
+        metrics, class_iou = (self.val_metrics, self.val_class_iou) if stage == "val" else (self.test_metrics, self.test_class_iou)
+        metrics.update(preds, target)
+        class_iou.update(preds, target)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch["image"].shape[0])
+        self.log_dict(metrics, prog_bar=True)
+
+    def _log_class_iou(self, stage: str) -> None:
+        class_iou = self.val_class_iou if stage == "val" else self.test_class_iou
+        ious = class_iou.compute()
+        self.log_dict({f"{stage}/IoU/{name}": iou for name, iou in zip(self.class_names, ious)})
+        class_iou.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_class_iou("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_class_iou("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Predicted label maps (uint8 when ``num_classes <= 256``), cropped to each image's size."""
+        preds = self(batch["image"]).argmax(dim=1)
+        preds = preds.to(torch.uint8) if self.hparams.num_classes <= 256 else preds
+        sizes = batch.get("size", torch.tensor([preds.shape[-2:]] * preds.shape[0]))
+        return {
+            "masks": [pred[:height, :width] for pred, (height, width) in zip(preds, sizes.tolist())],
+            "names": list(batch.get("name", [str(i) for i in range(preds.shape[0])])),
+        }
+
+    def configure_optimizers(self) -> Any:
+        alphas = self.alpha_parameters()
+        alpha_ids = {id(p) for p in alphas}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in alpha_ids], "name": "model"}]
+        if alphas:
+            groups.append({"params": alphas, "weight_decay": 0.0, "name": "alpha"})
+        optimizer = self.optimizer_factory(groups)
+        if alphas:
+            optimizer.param_groups[1]["lr"] = optimizer.param_groups[0]["lr"] * self.hparams.alpha_lr_mult
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval, "monitor": "val/mIoU"},
+        }

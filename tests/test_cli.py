@@ -1,0 +1,99 @@
+"""The `lit-ppool` command: quickstart config end to end (tiny sizes), predict, print_config, errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lit_ppool import PPool2d, PPoolSegmentationModule
+from lit_ppool.cli import main, run_cli
+from lit_ppool.layers.registry import POOLINGS
+
+QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
+TINY = [
+    "--config", QUICKSTART,
+    "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
+    "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}",
+    "--data.init_args.image_size=32", "--data.init_args.train_size=8", "--data.init_args.val_size=4",
+    "--data.init_args.test_size=4", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=2",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+def test_quickstart_fit_test_predict_end_to_end(tmp_path):
+    cli = run_cli(["fit", *TINY])
+    assert cli.model.hparams.num_classes == 5  # linked from the datamodule
+    assert "val/mIoU" in cli.trainer.callback_metrics
+    last = tmp_path / "checkpoints" / "quickstart" / "last.ckpt"
+    assert last.is_file() and (tmp_path / "checkpoints" / "quickstart" / "best.ckpt").is_file()
+    trained_alpha = cli.model.model.encoder.maxpool.alpha_raw.detach().clone()
+
+    # a second run in the same directory overwrites config.yaml and keeps the checkpoint path stable
+    main(["fit", *TINY])
+    assert last.is_file() and not list(last.parent.glob("last-v*.ckpt"))
+    assert list(tmp_path.glob("lightning_logs/quickstart/version_*/config.yaml"))
+
+    restored = PPoolSegmentationModule.load_from_checkpoint(last, weights_only=True)
+    assert isinstance(restored.model.encoder.maxpool, PPool2d)
+    assert torch.equal(restored.model.encoder.maxpool.alpha_raw, torch.load(last, weights_only=True)["state_dict"]["model.encoder.maxpool.alpha_raw"])
+    assert not torch.equal(restored.model.encoder.maxpool.alpha_raw, torch.ones(()))
+    assert trained_alpha.shape == restored.model.encoder.maxpool.alpha_raw.shape
+
+    cli = run_cli(["test", *TINY, f"--ckpt_path={last}"])
+    mIoU = cli.trainer.callback_metrics["test/mIoU"].item()
+    assert 0.0 <= mIoU <= 1.0
+    assert {"test/pixel_acc", "test/trimap_mIoU", "test/IoU/thin_line"} <= set(cli.trainer.callback_metrics)
+
+    main(["predict", *TINY, f"--ckpt_path={last}"])
+    masks = sorted((tmp_path / "predictions").glob("*.png"))
+    assert [m.name for m in masks] == [f"synthetic_test_{i:05d}.png" for i in range(4)]
+    with Image.open(masks[0]) as image:
+        assert image.mode == "P" and image.size == (32, 32)
+        assert image.getpalette()[3:6] == [128, 0, 0]  # VOC colour of class 1
+        assert np.array(image).max() < 5
+
+
+def test_overrides_reach_the_model():
+    cli = run_cli(["fit", *TINY, "--model.pooling=avg", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
+    assert isinstance(cli.model.model.encoder.maxpool, POOLINGS["avg"])
+    assert cli.model.hparams.pooling == "avg"
+
+
+def test_print_config_shows_the_setup(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", QUICKSTART, "--print_config"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "pooling: p" in out and "SyntheticDetailDataModule" in out and "encoder_name: resnet18" in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "listed"),
+    [("--model.encoder_name=resnet7", "resnet101"), ("--model.pooling=maxx", "softpool"), ("--model.arch=UNetz", "DeepLabV3Plus")],
+)
+def test_unknown_names_fail_before_training_with_the_choices_and_no_traceback(flag, listed, capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *TINY, flag])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Expected argument" in err and listed in err and "Traceback" not in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_console_script_exits_zero(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from lit_ppool.cli import main; sys.exit(main())", "fit", "--config", QUICKSTART, "--print_config"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PPoolCLI object" not in result.stderr

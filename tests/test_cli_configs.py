@@ -1,0 +1,39 @@
+"""Every shipped config parses, and every ablation overlay trains a step on the quickstart setup."""
+
+from pathlib import Path
+
+import pytest
+
+from lit_ppool.cli import main, run_cli
+from lit_ppool.layers.registry import available_poolings
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DATASET_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name != "quickstart.yaml")
+
+
+def test_one_ablation_file_per_registered_pooling():
+    assert sorted(p.stem for p in (CONFIGS / "ablations").glob("*.yaml")) == sorted(available_poolings())
+
+
+@pytest.mark.parametrize("config", DATASET_CONFIGS, ids=lambda p: p.stem)
+def test_dataset_configs_parse_with_pretrained_weights(config, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "encoder_weights: imagenet" in out and "pooling: p" in out
+
+
+@pytest.mark.parametrize("pooling", sorted(available_poolings()))
+def test_ablation_overlay_trains_one_step(pooling, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = run_cli([
+        "fit", "--config", str(CONFIGS / "quickstart.yaml"), "--config", str(CONFIGS / "ablations" / f"{pooling}.yaml"),
+        "--trainer.fast_dev_run=1", "--trainer.enable_progress_bar=false",
+        "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}",
+        "--data.init_args.image_size=32", "--data.init_args.batch_size=2", "--data.init_args.eval_batch_size=2",
+    ])  # fmt: skip
+    assert cli.model.hparams.pooling == pooling
+    assert cli.model.swapped_layers == ["encoder.maxpool"]
+    assert cli.trainer.default_root_dir.endswith(f"ablations/{pooling}")
+    assert cli.trainer.callback_metrics["train/loss"].isfinite()

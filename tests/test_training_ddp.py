@@ -1,0 +1,66 @@
+"""DDP on CPU (gloo, ddp_spawn, 2 processes): alpha stays in sync and mIoU equals the 1-process value."""
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lit_ppool import PPoolSegmentationModule, SyntheticDetailDataModule
+
+TINY = dict(
+    arch="Unet",
+    encoder_name="resnet18",
+    encoder_weights=None,
+    num_classes=5,
+    alpha_lr_mult=50.0,
+    model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]},
+)
+ALPHA = "model.encoder.maxpool.alpha_raw"
+
+
+def tiny_data():
+    # 8 validation images, 2 per batch: 2 batches per process under DDP, no padding by the sampler
+    return SyntheticDetailDataModule(image_size=32, train_size=8, val_size=8, test_size=8, batch_size=2, eval_batch_size=2)
+
+
+class SaveWeightsPerRank(Callback):
+    """Save each rank's trained weights (spawned processes share nothing else with the test)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        state = {key: value.detach().cpu().clone() for key, value in pl_module.state_dict().items()}
+        torch.save(state, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+def trainer_kwargs(tmp_path):
+    return dict(
+        accelerator="cpu", num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ddp_spawn_two_processes_sync_alpha_and_match_single_process_miou(tmp_path):
+    torch.manual_seed(0)
+    trainer = L.Trainer(
+        strategy="ddp_spawn", devices=2, max_epochs=1, limit_train_batches=2, limit_val_batches=0,
+        callbacks=[SaveWeightsPerRank(tmp_path)], **trainer_kwargs(tmp_path),
+    )  # fmt: skip
+    trainer.fit(PPoolSegmentationModule(**TINY), tiny_data())
+
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
+    assert rank0[ALPHA].item() != 1.0  # trained
+    assert torch.equal(rank0[ALPHA], rank1[ALPHA])
+    parameters = {name for name, _ in PPoolSegmentationModule(**TINY).named_parameters()}
+    for name in parameters:  # every parameter is synchronised (BatchNorm running stats are per process)
+        assert torch.equal(rank0[name], rank1[name]), name
+
+    trained = PPoolSegmentationModule(**TINY)
+    trained.load_state_dict(rank0)
+    (ddp,) = L.Trainer(strategy="ddp_spawn", devices=2, **trainer_kwargs(tmp_path)).validate(trained, tiny_data(), verbose=False)
+    (single,) = L.Trainer(devices=1, **trainer_kwargs(tmp_path)).validate(trained, tiny_data(), verbose=False)
+    assert 0.0 < single["val/mIoU"] < 1.0
+    for key in ("val/mIoU", "val/pixel_acc", "val/trimap_mIoU", "val/IoU/stripes"):
+        assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
