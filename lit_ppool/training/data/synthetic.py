@@ -20,16 +20,19 @@ _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
 
 
 class SyntheticDetailDataset(Dataset):
-    """Images whose classes differ only in fine detail, so that pooling choices matter.
+    """Images whose classes differ only in fine detail, designed so that pooling choices can matter.
 
     Every sample is generated from ``(seed, split, index)`` alone, so it is identical on
     every call, worker and process. On a smooth, noisy background:
 
     * ``stripes`` and ``dots`` regions (ellipses) have the background's mean colour and differ
-      from it only by a texture of period 3-4 pixels: average pooling washes them out;
+      from it only by a texture of period 3-4 pixels: average pooling of the image washes
+      them out;
     * ``thin_line`` (1 pixel wide) and ``small_blob`` (radius 1.5-3 pixels) are darker than
-      their surroundings: max pooling, which keeps the brightest pixel of each window,
-      erases them.
+      their surroundings: max pooling of the image, which keeps the brightest pixel of each
+      window, erases them. (Whether a trained network with max pooling loses them is a
+      property of the architecture; the quickstart U-Net, with one pool and skip
+      connections around it, shows no loss.)
 
     Items are ``{"image": tv_tensors.Image float32 (3, H, W) in [0, 1], "mask":
     tv_tensors.Mask int64 (H, W), "name": str}`` before ``transforms``.
