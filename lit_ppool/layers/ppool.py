@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lit_ppool.functional import _size_2_t, p_pool2d, pool_geometry, pool_output_size
+from lit_ppool.functional import _check_input, _size_2_t, p_pool2d, pool_geometry, pool_output_size
 from lit_ppool.kernels.reference import p_pool2d_forward
 
 __all__ = ["PPool2d", "GlobalPPool2d", "DEFAULT_ALPHA_MAX"]
@@ -139,15 +139,16 @@ class PPool2d(nn.Module):
             return self._forward_scripted(input)
         return self._forward_eager(input)
 
+    def _check_channels(self, input: Tensor) -> None:
+        if self.num_channels is not None and (input.dim() < 3 or input.shape[-3] != self.num_channels):
+            raise ValueError(
+                f"{type(self).__name__} was built with num_channels={self.num_channels} (one alpha per channel), "
+                f"but got an input of shape {tuple(input.shape)}. Build it with the input's channel count."
+            )
+
     @torch.jit.unused
     def _forward_eager(self, input: Tensor) -> Tensor:
-        if self.num_channels is not None:
-            channels = input.shape[-3] if input.dim() >= 3 else None
-            if channels != self.num_channels:
-                raise ValueError(
-                    f"PPool2d was built with num_channels={self.num_channels} (one alpha per channel), "
-                    f"but got an input of shape {tuple(input.shape)}. Build it with the input's channel count."
-                )
+        self._check_channels(input)
         return p_pool2d(input, self.alpha, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
     def _forward_scripted(self, input: Tensor) -> Tensor:
@@ -229,24 +230,10 @@ class GlobalPPool2d(PPool2d):
         self.stride = None
         self.output_size = 1
 
-    def forward(self, input: Tensor) -> Tensor:
-        if torch.jit.is_scripting():
-            return self._forward_scripted(input)
-        return self._forward_eager(input)
-
     @torch.jit.unused
     def _forward_eager(self, input: Tensor) -> Tensor:
-        if not isinstance(input, Tensor):
-            raise TypeError(f"Expected argument `input` to be a torch.Tensor, but got {type(input).__name__}.")
-        if input.dim() not in (3, 4):
-            raise ValueError(
-                f"Expected argument `input` to be a 3D (C, H, W) or 4D (N, C, H, W) tensor, but got shape {tuple(input.shape)}."
-            )
-        if self.num_channels is not None and input.shape[-3] != self.num_channels:
-            raise ValueError(
-                f"GlobalPPool2d was built with num_channels={self.num_channels} (one alpha per channel), "
-                f"but got an input of shape {tuple(input.shape)}. Build it with the input's channel count."
-            )
+        _check_input(input)  # before reading the spatial size
+        self._check_channels(input)
         return p_pool2d(input, self.alpha, (input.shape[-2], input.shape[-1]))
 
     def _forward_scripted(self, input: Tensor) -> Tensor:
