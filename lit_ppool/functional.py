@@ -47,7 +47,7 @@ from torch import Tensor
 from lit_ppool.kernels.common import EPS
 from lit_ppool.kernels.reference import PPool2dFunction
 
-__all__ = ["EPS", "PoolGeometry", "p_pool2d", "pool_geometry", "pool_output_size"]
+__all__ = ["EPS", "PoolGeometry", "p_pool2d", "pool_geometry", "pool_output_shape", "pool_output_size"]
 
 _size_2_t = Union[int, Sequence[int]]
 
@@ -117,6 +117,25 @@ def pool_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     if ceil_mode and (out - 1) * stride >= size + padding:
         out -= 1
     return out
+
+
+def pool_output_shape(size: tuple[int, int], geometry: PoolGeometry) -> tuple[int, int]:
+    """Output ``(H, W)`` of a pooling with ``geometry`` on an input of spatial ``size``.
+
+    Raises:
+        ValueError: If the input is too small for the window (an output side below 1).
+    """
+    out_size = tuple(
+        pool_output_size(size[d], geometry.kernel_size[d], geometry.stride[d], geometry.padding[d], geometry.dilation[d], geometry.ceil_mode)
+        for d in range(2)
+    )
+    if min(out_size) < 1:
+        raise ValueError(
+            f"Input of spatial size {tuple(size)} is too small for kernel_size={geometry.kernel_size}, "
+            f"stride={geometry.stride}, padding={geometry.padding}, dilation={geometry.dilation}: "
+            f"the output would be {out_size}. Use a larger input or a smaller window."
+        )
+    return out_size
 
 
 def _check_input(input: Tensor) -> None:
@@ -203,16 +222,7 @@ def p_pool2d(
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     alpha_t = _as_alpha_tensor(alpha, x, x.shape[1])
-    out_size = tuple(
-        pool_output_size(x.shape[2 + d], geometry.kernel_size[d], geometry.stride[d], geometry.padding[d], geometry.dilation[d], geometry.ceil_mode)
-        for d in range(2)
-    )
-    if min(out_size) < 1:
-        raise ValueError(
-            f"Input of spatial size {tuple(x.shape[2:])} is too small for kernel_size={geometry.kernel_size}, "
-            f"stride={geometry.stride}, padding={geometry.padding}, dilation={geometry.dilation}: "
-            f"the output would be {out_size}. Use a larger input or a smaller window."
-        )
+    out_size = pool_output_shape(tuple(x.shape[-2:]), geometry)
 
     out = PPool2dFunction.apply(x, alpha_t, geometry, out_size)
     return out.squeeze(0) if unbatched else out

@@ -21,36 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_ppool.kernels.common import EPS
+from lit_ppool.kernels.common import EPS, pad_amounts, window
 
 
 def compute_dtype(input: Tensor, alpha: Tensor) -> torch.dtype:
     """At least float32; float64 when either operand is float64."""
     return torch.promote_types(torch.promote_types(input.dtype, alpha.dtype), torch.float32)
-
-
-def pad_amounts(
-    in_size: List[int], out_size: List[int], kernel: List[int], stride: List[int], padding: List[int], dilation: List[int]
-) -> List[int]:
-    """``F.pad`` amounts (left, right, top, bottom) so that every output window lies inside.
-
-    The right/bottom amount covers ``ceil_mode`` windows that run past the symmetric
-    padding; trailing rows that no window reads are simply left unread.
-    """
-    bottom = (out_size[0] - 1) * stride[0] + dilation[0] * (kernel[0] - 1) + 1 - in_size[0] - padding[0]
-    right = (out_size[1] - 1) * stride[1] + dilation[1] * (kernel[1] - 1) + 1 - in_size[1] - padding[1]
-    return [padding[1], max(right, 0), padding[0], max(bottom, 0)]
-
-
-def window(padded: Tensor, i: int, j: int, out_size: List[int], stride: List[int], dilation: List[int]) -> Tensor:
-    """Strided view of ``padded`` holding element ``(i, j)`` of every window: output-sized, no copy."""
-    h0 = i * dilation[0]
-    w0 = j * dilation[1]
-    return padded[
-        ...,
-        h0 : h0 + (out_size[0] - 1) * stride[0] + 1 : stride[0],
-        w0 : w0 + (out_size[1] - 1) * stride[1] + 1 : stride[1],
-    ]
 
 
 def prepare(input: Tensor, alpha: Tensor, pads: List[int], eps: float = EPS) -> Tuple[Tensor, Tensor, Tensor]:

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_ppool.functional import PoolGeometry, _size_2_t, pool_geometry, pool_output_size
+from lit_ppool.functional import PoolGeometry, _size_2_t, pool_geometry, pool_output_shape
+from lit_ppool.kernels.common import pad_amounts, window
 
 __all__ = [
     "AveragePool2d",
@@ -44,17 +45,6 @@ __all__ = [
 def _inverse_softplus(value: float) -> float:
     """``raw`` with ``softplus(raw) == value`` (``value > 0``)."""
     return value + math.log(-math.expm1(-value))
-
-
-def _pad_amounts(size: tuple[int, int], out_size: tuple[int, int], geometry: PoolGeometry) -> tuple[int, int, int, int]:
-    """``F.pad`` amounts (left, right, top, bottom) so that every window lies inside the padded input.
-
-    The right/bottom amount also covers ``ceil_mode`` windows running past the symmetric padding.
-    """
-    ends = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip(out_size, geometry.stride, geometry.dilation, geometry.kernel_size)]
-    bottom = ends[0] - size[0] - geometry.padding[0]
-    right = ends[1] - size[1] - geometry.padding[1]
-    return (geometry.padding[1], max(right, 0), geometry.padding[0], max(bottom, 0))
 
 
 def _check_positive_int(value, name: str) -> int:
@@ -75,17 +65,8 @@ class _Windows:
     def __init__(self, x: Tensor, geometry: PoolGeometry) -> None:
         self.geometry = geometry
         size = tuple(x.shape[-2:])
-        self.out_size = tuple(
-            pool_output_size(size[d], geometry.kernel_size[d], geometry.stride[d], geometry.padding[d], geometry.dilation[d], geometry.ceil_mode)
-            for d in range(2)
-        )
-        if min(self.out_size) < 1:
-            raise ValueError(
-                f"Input of spatial size {size} is too small for kernel_size={geometry.kernel_size}, "
-                f"stride={geometry.stride}, padding={geometry.padding}, dilation={geometry.dilation}: "
-                f"the output would be {self.out_size}. Use a larger input or a smaller window."
-            )
-        self.pads = _pad_amounts(size, self.out_size, geometry)
+        self.out_size = pool_output_shape(size, geometry)
+        self.pads = tuple(pad_amounts(list(size), list(self.out_size), *(list(pair) for pair in geometry[:4])))
         self.x = x
         self.offsets = [(i, j) for i in range(geometry.kernel_size[0]) for j in range(geometry.kernel_size[1])]
         if any(self.pads):
@@ -96,8 +77,7 @@ class _Windows:
 
     def _view(self, padded: Tensor, i: int, j: int) -> Tensor:
         """Element ``(i, j)`` of every window: an output-sized strided view, no copy."""
-        (sh, sw), (dh, dw), (oh, ow) = self.geometry.stride, self.geometry.dilation, self.out_size
-        return padded[..., i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+        return window(padded, i, j, list(self.out_size), list(self.geometry.stride), list(self.geometry.dilation))
 
     def values(self, fill: float = 0.0, source: Tensor | None = None) -> Tensor:
         source = self.x if source is None else source
