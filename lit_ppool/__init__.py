@@ -23,6 +23,10 @@ _TRAINING_EXPORTS = {
     "CityscapesDataModule": "lit_ppool.training.data.cityscapes",
     "ADE20KDataModule": "lit_ppool.training.data.ade20k",
     "CamVidDataModule": "lit_ppool.training.data.camvid",
+    "AlphaMonitor": "lit_ppool.training.alpha_monitor",
+    "AtomicCheckpointIO": "lit_ppool.training.checkpointing",
+    "RandomStateCheckpoint": "lit_ppool.training.checkpointing",
+    "NonFiniteLossError": "lit_ppool.training.faults",
 }
 __all__ += list(_TRAINING_EXPORTS)
 

@@ -34,6 +34,12 @@ Numerical rules (the definition the tests check against a float64 oracle):
   outputs 0 (``F.max_pool2d`` gives ``-inf`` there).
 * Inputs of any floating dtype; the arithmetic runs in at least float32 (float64 stays
   float64) with autocast disabled inside, and the output has the input's dtype.
+
+Implementations (:mod:`lit_ppool.kernels.dispatch`): a fused C++ kernel for float32,
+float16 and bfloat16 on CPU, Triton kernels on CUDA, and the exact reference path (plain
+torch ops) for float64, under ``torch.compile``/``torch.jit`` tracing, or when forced with
+``LIT_PPOOL_BACKEND=reference`` / :func:`lit_ppool.kernels.set_backend`. All follow the
+rules above and are tested against each other.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import torch
 from torch import Tensor
 
 from lit_ppool.kernels.common import EPS
-from lit_ppool.kernels.reference import PPool2dFunction
+from lit_ppool.kernels.dispatch import select_function
 
 __all__ = ["EPS", "PoolGeometry", "p_pool2d", "pool_geometry", "pool_output_shape", "pool_output_size"]
 
@@ -224,5 +230,5 @@ def p_pool2d(
     alpha_t = _as_alpha_tensor(alpha, x, x.shape[1])
     out_size = pool_output_shape(tuple(x.shape[-2:]), geometry)
 
-    out = PPool2dFunction.apply(x, alpha_t, geometry, out_size)
+    out = select_function(x).apply(x, alpha_t, geometry, out_size)
     return out.squeeze(0) if unbatched else out

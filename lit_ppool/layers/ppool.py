@@ -82,8 +82,8 @@ class PPool2d(nn.Module):
 
     Example:
         >>> pool = PPool2d(2, alpha_init=0.0)
-        >>> pool(torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]]))
-        tensor([[[[2.]]]], grad_fn=<PPool2dFunctionBackward>)
+        >>> pool(torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]])).detach()
+        tensor([[[[2.]]]])
         >>> pool
         PPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False, alpha=0.0000)
     """
@@ -211,8 +211,8 @@ class GlobalPPool2d(PPool2d):
 
     Example:
         >>> pool = GlobalPPool2d(alpha_init=0.0)
-        >>> pool(torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]]))
-        tensor([[[[2.]]]], grad_fn=<PPool2dFunctionBackward>)
+        >>> pool(torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]])).detach()
+        tensor([[[[2.]]]])
         >>> pool
         GlobalPPool2d(output_size=1, alpha=0.0000)
     """

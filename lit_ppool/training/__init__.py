@@ -8,12 +8,19 @@ from lit_ppool.training.data import (
     SyntheticDetailDataModule,
     VOCDataModule,
 )
+from lit_ppool.training.alpha_monitor import AlphaMonitor
+from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
+from lit_ppool.training.faults import NonFiniteLossError
 from lit_ppool.training.metrics import TrimapJaccardIndex
 from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
 from lit_ppool.training.writer import PaletteMaskWriter
 
 __all__ = [
     "ADE20KDataModule",
+    "AlphaMonitor",
+    "AtomicCheckpointIO",
+    "NonFiniteLossError",
+    "RandomStateCheckpoint",
     "CamVidDataModule",
     "CityscapesDataModule",
     "VOCDataModule",

@@ -16,13 +16,12 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from lit_ppool.layers.ppool import PPool2d
 from lit_ppool.layers.registry import available_poolings, pool_requires_num_channels
 from lit_ppool.surgery import swap_pooling
+from lit_ppool.training.errors import ConfigError
+from lit_ppool.training.faults import check_finite_loss
 from lit_ppool.training.metrics import TrimapJaccardIndex, check_labels
+from lit_ppool.training.weights import create_model, skip_pretrained_weights
 
 __all__ = ["ConfigError", "LOSSES", "PPoolSegmentationModule", "available_archs", "available_encoders"]
-
-
-class ConfigError(ValueError):
-    """An invalid model configuration (unknown name, bad value), detected before training."""
 
 
 def _cross_entropy(ignore_index: int) -> nn.Module:
@@ -106,7 +105,11 @@ class PPoolSegmentationModule(L.LightningModule):
     Args:
         arch: smp architecture name, e.g. ``"Unet"``, ``"FPN"``, ``"DeepLabV3Plus"`` (case-insensitive).
         encoder_name: smp encoder (``"resnet101"``, ``"vgg16"``, ...) or ``"tu-<timm model>"``.
-        encoder_weights: Pretrained encoder weights (``"imagenet"``) or ``None`` for random init.
+        encoder_weights: Pretrained encoder weights (``"imagenet"``), the path of a local weights file
+            (a state_dict of the encoder: ``.safetensors``, ``.pth``, ``.pt``) or ``None`` for random
+            init. Pretrained weights come from the local cache when there (offline too); when they
+            are not cached and cannot be downloaded, a ``WeightsUnavailableError`` says how to
+            pre-download them (see :func:`lit_ppool.training.weights.create_model`).
         num_classes: Number of classes.
         pooling: Pooling registry name the model's pooling layers are swapped to
             (``"p"``, ``"max"``, ``"avg"``, ``"lp"``, ``"gated"``, ``"mixed"``, ``"dpp"``,
@@ -122,10 +125,13 @@ class PPoolSegmentationModule(L.LightningModule):
         scheduler_interval: Step the scheduler every ``"step"`` (poly schedules) or ``"epoch"``.
         boundary_width: Half-width in pixels of the band of the trimap mIoU.
         model_kwargs: Extra keyword arguments of the smp model (``decoder_channels``, ...).
+        check_finite_loss: Stop training with a :class:`~lit_ppool.training.faults.NonFiniteLossError`
+            (step, loss, every layer's alpha) when the training loss is NaN or infinite, before the
+            backward pass and the optimiser step; ``False`` trains through.
 
     Raises:
-        ConfigError: (a ``ValueError``) if a name is unknown (listing the valid ones) or a
-            value is out of range.
+        ConfigError: (a ``ValueError``) if a name is unknown (listing the valid ones), a
+            value is out of range, or the encoder weights are unavailable or do not match.
 
     Example:
         >>> module = PPoolSegmentationModule("Unet", "resnet18", None, num_classes=3)
@@ -151,6 +157,7 @@ class PPoolSegmentationModule(L.LightningModule):
         scheduler_interval: Literal["step", "epoch"] = "step",
         boundary_width: int = 3,
         model_kwargs: dict[str, Any] | None = None,
+        check_finite_loss: bool = True,
     ) -> None:
         super().__init__()
         archs = {name.lower(): name for name in available_archs()}
@@ -175,7 +182,7 @@ class PPoolSegmentationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
-        self.model = smp.create_model(
+        self.model = create_model(  # smp.create_model, offline-safe, or with a local weights file
             archs[arch.lower()],
             encoder_name=encoder_name,
             encoder_weights=encoder_weights,
@@ -222,13 +229,39 @@ class PPoolSegmentationModule(L.LightningModule):
         """Logits of shape ``(N, num_classes, H, W)`` for images ``(N, 3, H, W)`` (H, W multiples of 32)."""
         return self.model(images)
 
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint``, with ``weights_only=True`` by default and no pretrained download.
+
+        The checkpoint holds every weight, so the model is built without reading or downloading
+        its ``encoder_weights`` (which works offline and on machines without the original
+        weights file), unless ``strict=False`` asks to keep weights the checkpoint lacks.
+        """
+        with skip_pretrained_weights(strict is not False):
+            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         expected = getattr(datamodule, "num_classes", None)
         if expected is not None and expected != self.hparams.num_classes:
             raise ConfigError(
-                f"Expected argument `num_classes` to match the datamodule's {expected} classes, "
-                f"but got {self.hparams.num_classes}."
+                f"Expected argument `num_classes` to match the datamodule's {expected} classes "
+                f"({type(datamodule).__name__}), but got {self.hparams.num_classes}. Build the module with "
+                f"num_classes={expected} (the CLI links it from the datamodule)."
+            )
+        ignore_index = getattr(datamodule, "ignore_index", None)
+        if ignore_index is not None and ignore_index != self.hparams.ignore_index:
+            raise ConfigError(
+                f"Expected argument `ignore_index` to match the datamodule's ignore_index {ignore_index} "
+                f"({type(datamodule).__name__} marks void and padded pixels with it), but got {self.hparams.ignore_index}."
             )
         names = getattr(datamodule, "class_names", None)
         if names is not None and len(names) == self.hparams.num_classes:
@@ -246,10 +279,14 @@ class PPoolSegmentationModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, _, _ = self._step(batch)
+        if self.hparams.get("check_finite_loss", True):
+            check_finite_loss(loss, self.model, self.trainer)  # raises before backward: no NaN reaches the weights
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
+        if batch["image"].shape[0] == 0:  # every sample was bad and skipped (datamodule on_bad_sample="skip")
+            return
         loss, logits, target = self._step(batch)
         preds = logits.argmax(dim=1)
         metrics, class_iou = (self.val_metrics, self.val_class_iou) if stage == "val" else (self.test_metrics, self.test_class_iou)
@@ -278,6 +315,8 @@ class PPoolSegmentationModule(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Predicted label maps (uint8 when ``num_classes <= 256``), cropped to each image's size."""
+        if batch["image"].shape[0] == 0:  # every sample was bad and skipped
+            return {"masks": [], "names": []}
         preds = self(batch["image"]).argmax(dim=1)
         preds = preds.to(torch.uint8) if self.hparams.num_classes <= 256 else preds
         sizes = batch.get("size", torch.tensor([preds.shape[-2:]] * preds.shape[0]))

@@ -47,7 +47,8 @@ class ADE20KDataModule(SegmentationDataModule):
             :class:`~lit_ppool.training.data.SegmentationDataModule`.
 
     Raises:
-        FileNotFoundError: If ``root`` does not have the layout above.
+        DatasetRootError: (a ``ConfigError`` and a ``FileNotFoundError``) if ``root`` does not have
+            the layout above (checked at construction and setup).
     """
 
     num_classes = len(ADE20K_CLASSES)
@@ -62,7 +63,10 @@ class ADE20KDataModule(SegmentationDataModule):
     ) -> None:
         super().__init__(crop_size=crop_size, base_size=base_size, **kwargs)
         self.root = root
-        self.lut = label_lut({raw: raw - 1 for raw in range(1, 151)})
+        check_layout(
+            root, ["ADEChallengeData2016/images", "ADEChallengeData2016/annotations"], ADE20K_LAYOUT, "ADE20K", ADE20K_URL
+        )
+        self.lut = label_lut({raw: raw - 1 for raw in range(1, 151)}, valid=[0])  # raw values above 150 are errors
 
     def build_dataset(self, split: str, transforms: Callable) -> Dataset:
         folder = "training" if split == "train" else "validation"

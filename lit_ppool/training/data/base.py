@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import tv_tensors
 
+from lit_ppool.training.data.checks import (
+    BadSampleError,
+    BadSampleLog,
+    BadSampleWarning,
+    DatasetRootError,
+    UnreadableFileError,
+    check_policy,
+    find_missing_files,
+    format_values,
+    invalid_raw_labels,
+    load_or_skip,
+)
 from lit_ppool.training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, pad_collate, train_transforms
 from lit_ppool.training.metrics import check_labels
 
@@ -24,9 +38,15 @@ Sample = tuple[Path, Optional[Path], str]
 """``(image path, mask path or None, name)`` of one sample."""
 
 
-def label_lut(mapping: dict[int, int], default: int = IGNORE_INDEX) -> np.ndarray:
-    """A 256-entry lookup table that maps raw label values to train ids (``default`` elsewhere)."""
-    lut = np.full(256, default, dtype=np.uint8)
+def label_lut(mapping: dict[int, int], default: int = IGNORE_INDEX, valid: Sequence[int] | None = None) -> np.ndarray:
+    """A 256-entry lookup table (int16) that maps raw label values to train ids.
+
+    Raw values not in ``mapping`` map to ``default`` if they are in ``valid`` (or if ``valid`` is
+    None) and to ``-1`` otherwise: a value the dataset never uses, reported as a bad sample.
+    """
+    lut = np.full(256, default if valid is None else -1, dtype=np.int16)
+    if valid is not None:
+        lut[list(valid)] = default
     for raw, train_id in mapping.items():
         lut[raw] = train_id
     return lut
@@ -36,12 +56,13 @@ def check_layout(root: str | Path, required: Sequence[str], layout: str, name: s
     """Return ``root`` as a Path, or raise if one of the ``required`` entries is missing under it.
 
     Raises:
-        FileNotFoundError: Naming the missing entry, the expected layout and the download page.
+        DatasetRootError: (a ``ConfigError`` and a ``FileNotFoundError``) naming the missing entry,
+            the expected layout and the download page.
     """
     root = Path(root).expanduser()
     for entry in required:
         if not (root / entry).exists():
-            raise FileNotFoundError(
+            raise DatasetRootError(
                 f"Expected argument `root` to be a {name} root with this layout:\n{layout}\n"
                 f"but got {str(root)!r}, where {entry!r} is missing. Download {name} from {url} "
                 f"and pass the folder that holds it as `root`."
@@ -55,12 +76,23 @@ class SegmentationFileDataset(Dataset):
     Each item is ``{"image": tv_tensors.Image (uint8, 3xHxW), "mask": tv_tensors.Mask
     (HxW) or absent, "name": str}`` after ``transforms``.
 
+    A bad sample raises a :class:`~lit_ppool.training.data.checks.BadSampleError` naming the
+    file and the problem: a missing or undecodable file (:class:`UnreadableFileError`, also an
+    ``OSError``), a label image that is not single-channel or whose size differs from its
+    image's, a raw label value the dataset does not use (``-1`` in ``label_lut``), or a label
+    outside ``[0, num_classes)`` other than ``ignore_index``. With ``on_bad_sample="skip"`` it is
+    recorded instead (see :mod:`lit_ppool.training.data.checks`); ``substitute_bad`` returns the
+    next good sample in its place (training), otherwise a record that the collate drops.
+
     Args:
         samples: ``(image path, mask path or None, name)`` triples.
         num_classes: Number of classes; labels must be in ``[0, num_classes)`` or ``ignore_index``.
-        label_lut: Optional 256-entry table mapping raw mask values to train ids.
+        label_lut: Optional 256-entry table mapping raw mask values to train ids, ``-1`` for
+            invalid raw values (see :func:`label_lut`).
         transforms: A joint transform applied to the sample dict.
         ignore_index: Label of ignored pixels.
+        on_bad_sample: ``"raise"`` or ``"skip"``.
+        substitute_bad: With ``"skip"``, return the next good sample in place of a bad one.
     """
 
     def __init__(
@@ -70,40 +102,67 @@ class SegmentationFileDataset(Dataset):
         label_lut: np.ndarray | None = None,
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         ignore_index: int = IGNORE_INDEX,
+        on_bad_sample: str = "raise",
+        substitute_bad: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.num_classes = num_classes
         self.label_lut = label_lut
         self.transforms = transforms
         self.ignore_index = ignore_index
+        self.on_bad_sample = check_policy(on_bad_sample)
+        self.substitute_bad = substitute_bad
 
     def __len__(self) -> int:
         return len(self.samples)
 
     @staticmethod
-    def _open(path: Path, mode: str | None) -> Image.Image:
+    def _open(path: Path, mode: str | None, what: str) -> Image.Image:
         try:
             with Image.open(path) as image:
                 return image.convert(mode) if mode else image.copy()
-        except (OSError, ValueError) as err:
-            raise OSError(f"Could not read {str(path)!r}: {err}") from err
+        except FileNotFoundError as err:
+            raise UnreadableFileError(f"Missing {what}.", path) from err
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as err:
+            raise UnreadableFileError(f"Could not read {what} (a corrupt, truncated or non-image file?): {err}", path) from err
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.on_bad_sample == "raise":
+            return self._load(index)
+        return load_or_skip(self._load, index, len(self), self.substitute_bad)
+
+    def _load(self, index: int) -> dict[str, Any]:
         image_path, mask_path, name = self.samples[index]
-        image = self._open(image_path, "RGB")
+        image = self._open(image_path, "RGB", f"image {str(image_path)!r}")
         sample: dict[str, Any] = {"image": tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1)), "name": name}
         if mask_path is not None:
-            raw = np.array(self._open(mask_path, None))
+            raw = np.array(self._open(mask_path, None, f"label image {str(mask_path)!r} of image {str(image_path)!r}"))
             if raw.ndim != 2:
-                raise ValueError(f"Expected a single-channel label image, but got shape {raw.shape} in {str(mask_path)!r}.")
-            labels = self.label_lut[raw] if self.label_lut is not None else raw
-            mask = torch.from_numpy(np.ascontiguousarray(labels))
-            if mask.shape != sample["image"].shape[-2:]:
-                raise ValueError(
-                    f"Expected the label image {str(mask_path)!r} to have the size of its image "
-                    f"{tuple(sample['image'].shape[-2:])}, but got {tuple(mask.shape)}."
+                raise BadSampleError(
+                    f"Expected a single-channel label image, but got shape {raw.shape} in {str(mask_path)!r}.", mask_path
                 )
-            check_labels(mask, self.num_classes, self.ignore_index, source=repr(str(mask_path)))
+            if raw.shape != tuple(sample["image"].shape[-2:]):
+                raise BadSampleError(
+                    f"Expected the label image {str(mask_path)!r} to have the size (H, W) of its image "
+                    f"{str(image_path)!r}, {tuple(sample['image'].shape[-2:])}, but got {raw.shape}.",
+                    mask_path,
+                )
+            labels = raw
+            if self.label_lut is not None:
+                labels, invalid = invalid_raw_labels(raw, self.label_lut)
+                if invalid:
+                    raise BadSampleError(
+                        f"Expected the raw label values of {str(mask_path)!r} to be in {{{format_values(np.flatnonzero(self.label_lut >= 0))}}} "
+                        f"(mapped to {self.num_classes} classes and the ignore_index {self.ignore_index}), but got "
+                        f"{invalid[:10]}{' ...' if len(invalid) > 10 else ''}.",
+                        mask_path,
+                    )
+                labels = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels
+            mask = torch.from_numpy(np.ascontiguousarray(labels))
+            try:
+                check_labels(mask, self.num_classes, self.ignore_index, source=repr(str(mask_path)))
+            except ValueError as err:
+                raise BadSampleError(str(err), mask_path) from None
             sample["mask"] = tv_tensors.Mask(mask)
         return self.transforms(sample) if self.transforms is not None else sample
 
@@ -126,6 +185,11 @@ class SegmentationDataModule(L.LightningDataModule):
         hflip: Random horizontal flips in training.
         mean: Normalisation mean.
         std: Normalisation standard deviation.
+        on_bad_sample: What a bad sample (missing or corrupt file, image/mask size mismatch,
+            label out of range) does: ``"raise"`` stops with an error naming the file and the
+            problem; ``"skip"`` leaves it out, and at the end of each stage a
+            :class:`~lit_ppool.training.data.checks.BadSampleWarning` lists the files
+            (``bad_samples`` holds them). See :mod:`lit_ppool.training.data.checks`.
     """
 
     num_classes: int
@@ -144,8 +208,12 @@ class SegmentationDataModule(L.LightningDataModule):
         hflip: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        on_bad_sample: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
+        self.on_bad_sample = check_policy(on_bad_sample)
+        self.bad_samples = BadSampleLog()  # what "skip" left out in the current stage
+        self._missing_files: dict[str, dict[int, tuple[str, str]]] = {}
         for arg, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected argument `{arg}` to be an int >= 1, but got {value!r}.")
@@ -165,13 +233,48 @@ class SegmentationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
+        self.bad_samples.clear()
         for split in splits:
             if split not in self.datasets:
                 transform = self.train_transform if split == "train" else self.eval_transform
-                self.datasets[split] = self.build_dataset(split, transform)
+                self.datasets[split] = self._checked(split, self.build_dataset(split, transform))
+            self.bad_samples.record(self._missing_files.get(split, {}).values())
+
+    def _checked(self, split: str, dataset: Dataset) -> Dataset:
+        """Apply the bad-sample policy to a file dataset; find its missing files now (one stat per file)."""
+        if not isinstance(dataset, SegmentationFileDataset):
+            return dataset
+        dataset.on_bad_sample = self.on_bad_sample
+        dataset.substitute_bad = split == "train"  # batches keep their size; DDP processes stay in step
+        missing = find_missing_files(dataset.samples)
+        if missing and (self.on_bad_sample == "raise" or len(missing) == len(dataset)):  # all missing: a wrong root
+            problems = [problem for _, problem in missing.values()]
+            raise UnreadableFileError(
+                f"Expected every file of the {split} split to exist, but {len(missing)} of {len(dataset)} samples "
+                f"miss one: {' '.join(problems[:3])}{' ...' if len(problems) > 3 else ''} Restore them, or pass "
+                f"on_bad_sample='skip' to leave these samples out.",
+                next(iter(missing.values()))[0],
+            )
+        if missing:
+            dataset.samples = [sample for index, sample in enumerate(dataset.samples) if index not in missing]
+            self._missing_files[split] = missing
+        return dataset
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Collect the records of skipped bad samples that the batch carries (from any worker process)."""
+        if isinstance(batch, dict) and "skipped" in batch:
+            self.bad_samples.record(batch.pop("skipped"))
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        """Report the bad samples skipped during ``stage`` (each process its own)."""
+        report = self.bad_samples.report(stage)
+        if report is not None:
+            warnings.warn(report, BadSampleWarning, stacklevel=2)
 
     def _loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        return DataLoader(
+        # stateful: Lightning saves the loader's position in checkpoints, so a mid-epoch resume continues exactly
+        return StatefulDataLoader(
             self.datasets[split],
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,

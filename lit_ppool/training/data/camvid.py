@@ -34,7 +34,8 @@ class CamVidDataModule(SegmentationDataModule):
             :class:`~lit_ppool.training.data.SegmentationDataModule`.
 
     Raises:
-        FileNotFoundError: If ``root`` does not have the layout above.
+        DatasetRootError: (a ``ConfigError`` and a ``FileNotFoundError``) if ``root`` does not have
+            the layout above (the val folders at construction, each split's at setup).
     """
 
     num_classes = len(CAMVID_CLASSES)
@@ -49,7 +50,8 @@ class CamVidDataModule(SegmentationDataModule):
     ) -> None:
         super().__init__(crop_size=crop_size, base_size=base_size, **kwargs)
         self.root = root
-        self.lut = label_lut({raw: raw for raw in range(11)})
+        check_layout(root, ["val", "valannot"], CAMVID_LAYOUT, "CamVid", CAMVID_URL)
+        self.lut = label_lut({raw: raw for raw in range(11)}, valid=[11])  # 11 = void; raw values above are errors
 
     def build_dataset(self, split: str, transforms: Callable) -> Dataset:
         root = check_layout(self.root, [split, f"{split}annot"], CAMVID_LAYOUT, "CamVid", CAMVID_URL)

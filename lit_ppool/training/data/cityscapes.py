@@ -41,7 +41,8 @@ class CityscapesDataModule(SegmentationDataModule):
             :class:`~lit_ppool.training.data.SegmentationDataModule`.
 
     Raises:
-        FileNotFoundError: If ``root`` does not have the layout above or a split folder is empty.
+        DatasetRootError: (a ``ConfigError`` and a ``FileNotFoundError``) if ``root`` does not have
+            the layout above (checked at construction and setup) or a split folder is empty.
     """
 
     num_classes = len(CITYSCAPES_CLASSES)
@@ -56,7 +57,9 @@ class CityscapesDataModule(SegmentationDataModule):
     ) -> None:
         super().__init__(crop_size=crop_size, base_size=base_size, **kwargs)
         self.root = root
-        self.lut = label_lut(CITYSCAPES_LABEL_TO_TRAIN_ID)
+        check_layout(root, ["leftImg8bit", "gtFine"], CITYSCAPES_LAYOUT, "Cityscapes", CITYSCAPES_URL)
+        # labelIds are 0-33 (255: license plate's -1, should it be written); any other value is an error
+        self.lut = label_lut(CITYSCAPES_LABEL_TO_TRAIN_ID, valid=[*range(34), 255])
 
     def build_dataset(self, split: str, transforms: Callable) -> Dataset:
         folder = "train" if split == "train" else "val"

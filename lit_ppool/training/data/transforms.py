@@ -76,10 +76,19 @@ def pad_collate(batch: list[dict[str, Any]], ignore_index: int = 255, size_divis
     so padding never counts in the loss or the metrics. The batch keeps each sample's
     original ``size`` (h, w) and ``name`` so predictions can be cropped back and saved.
 
+    Bad samples skipped by the dataset (``on_bad_sample="skip"``, items without ``"image"``)
+    are dropped; their ``(path, problem)`` records, and those of samples that replaced a bad
+    one, are gathered under ``"skipped"``. If every sample was bad the batch is empty (N = 0).
+
     Returns:
         ``{"image": (N, 3, H, W) float, "mask": (N, H, W) int64 (if present), "size": (N, 2)
-        int64, "name": list[str]}``.
+        int64, "name": list[str]}``, plus ``"skipped": list[(path, problem)]`` if any.
     """
+    skipped = [record for sample in batch for record in sample.get("skipped", ())]
+    batch = [sample for sample in batch if "image" in sample]
+    if not batch:
+        empty = {"image": torch.zeros(0, 3, size_divisor, size_divisor), "mask": torch.zeros(0, size_divisor, size_divisor, dtype=torch.int64)}
+        return {**empty, "size": torch.zeros(0, 2, dtype=torch.int64), "name": [], "skipped": skipped}
     heights = [sample["image"].shape[-2] for sample in batch]
     widths = [sample["image"].shape[-1] for sample in batch]
     height = -(-max(heights) // size_divisor) * size_divisor
@@ -98,4 +107,6 @@ def pad_collate(batch: list[dict[str, Any]], ignore_index: int = 255, size_divis
                 for s, h, w in zip(batch, heights, widths)
             ]
         )
+    if skipped:
+        out["skipped"] = skipped
     return out

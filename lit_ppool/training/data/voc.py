@@ -40,8 +40,9 @@ class VOCDataModule(SegmentationDataModule):
             :class:`~lit_ppool.training.data.SegmentationDataModule`.
 
     Raises:
-        FileNotFoundError: If ``root`` does not have the layout above (the message names it and the
-            download page).
+        DatasetRootError: (a ``ConfigError`` and a ``FileNotFoundError``) if ``root`` does not have
+            the layout above, at construction (the folders) or setup (the split lists); the message
+            names the layout and the download page.
     """
 
     num_classes = len(VOC_CLASSES)
@@ -58,6 +59,9 @@ class VOCDataModule(SegmentationDataModule):
         super().__init__(crop_size=crop_size, base_size=base_size, **kwargs)
         self.root = root
         self.use_sbd = use_sbd
+        base = "VOCdevkit/VOC2012"
+        folders = ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"] + (["SegmentationClassAug"] if use_sbd else [])
+        check_layout(root, [f"{base}/{folder}" for folder in folders], VOC_LAYOUT, "PASCAL VOC 2012", VOC_URL)
 
     def build_dataset(self, split: str, transforms: Callable) -> Dataset:
         sbd = self.use_sbd and split == "train"

@@ -1,0 +1,110 @@
+"""Fused CPU P-pooling: the C++ kernel in ``csrc/p_pool2d_cpu.cpp``, built on first use.
+
+The kernel is compiled once per machine and torch version with
+:func:`torch.utils.cpp_extension.load` (a C++ compiler is needed; about a minute on a
+2-core machine) and cached in torch's extension directory (``TORCH_EXTENSIONS_DIR``,
+default ``~/.cache/torch_extensions``). One build serves every geometry and dtype. It is
+compiled for the CPU's vector ISA as torch reports it (AVX512, AVX2 or the portable
+default). If the build fails, :func:`load_extension` warns once and returns ``None`` and
+P-pooling runs on the reference path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from lit_ppool.kernels.common import EPS
+
+__all__ = ["CppPPool2dFunction", "load_extension"]
+
+SOURCE = Path(__file__).with_name("csrc") / "p_pool2d_cpu.cpp"
+
+_ISA_FLAGS = {
+    "AVX512": ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma"],
+    "AVX2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+}
+
+
+@functools.lru_cache(maxsize=None)
+def load_extension() -> Optional[ModuleType]:
+    """Build (first call on a machine) or load the CPU kernel; ``None`` if that is impossible."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    name = "lit_ppool_p_pool2d_cpu_" + re.sub(r"\W", "_", capability.lower())
+    try:
+        from torch.utils.cpp_extension import load
+
+        _put_ninja_on_path()
+        return load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", *_ISA_FLAGS.get(capability, [])])
+    except Exception as err:  # no compiler, no headers, an unsupported platform ...
+        warnings.warn(
+            f"lit_ppool could not build its fused CPU P-pooling kernel ({type(err).__name__}: {err}). "
+            "P-pooling runs on the slower reference path. Install a C++ compiler (and `ninja`) to get "
+            "the fast path, or set LIT_PPOOL_BACKEND=reference to skip the build.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def _put_ninja_on_path() -> None:
+    """torch looks for ``ninja`` on PATH; the ``ninja`` wheel's binary is there only in an activated venv."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def _flat_geometry(geometry, out_size) -> list[int]:
+    kernel, stride, padding, dilation = geometry[:4]
+    return [*kernel, *stride, *padding, *dilation, *out_size]
+
+
+class CppPPool2dFunction(torch.autograd.Function):
+    """Autograd Function of the fused CPU path (float32, float16 and bfloat16 inputs).
+
+    Saves the input, alpha and the log of the window maximum (one float32 value per output).
+    """
+
+    @staticmethod
+    def forward(ctx, input: Tensor, alpha: Tensor, geometry, out_size) -> Tensor:
+        extension = load_extension()
+        flat = _flat_geometry(geometry, out_size)
+        alpha_f32 = alpha.detach().to(torch.float32).contiguous()
+        output, log_max = extension.forward(input.contiguous(), alpha_f32, flat, EPS)
+        ctx.save_for_backward(input, alpha, log_max)
+        ctx.flat_geometry = flat
+        return output.contiguous(memory_format=torch.channels_last) if _channels_last(input) else output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: Tensor):
+        input, alpha, log_max = ctx.saved_tensors
+        extension = load_extension()
+        alpha_f32 = alpha.detach().to(torch.float32).contiguous()
+        grad_output = grad_output.to(input.dtype).contiguous()
+        grad_input, grad_planes = extension.backward(
+            input.contiguous(), alpha_f32, log_max, grad_output, ctx.flat_geometry, EPS
+        )
+        grad_alpha = None
+        if ctx.needs_input_grad[1]:
+            reduced = grad_planes.sum() if alpha.numel() == 1 else grad_planes.sum(dim=0)
+            grad_alpha = reduced.reshape(alpha.shape).to(alpha.dtype)
+        if _channels_last(input):
+            grad_input = grad_input.contiguous(memory_format=torch.channels_last)
+        return grad_input if ctx.needs_input_grad[0] else None, grad_alpha, None, None
+
+
+def _channels_last(input: Tensor) -> bool:
+    return input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,212 @@
+"""Loggers: W&B that runs offline unless told otherwise, the CLI config in every logger, and the
+histogram, image and chart calls of the loggers that have them.
+
+The callbacks stay logger-agnostic: they call :func:`log_histogram`, :func:`log_figure` and
+:func:`log_line_series`, which use each logger's own documented API where it has one
+(``WandbLogger.log_metrics`` / ``log_image``, TensorBoard's ``SummaryWriter``) and do nothing
+for the others (``CSVLogger``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+if TYPE_CHECKING:
+    import lightning as L
+    from matplotlib.figure import Figure
+    from torch import Tensor
+
+__all__ = [
+    "WANDB_MODES",
+    "SaveConfigToLoggers",
+    "WandbLogger",
+    "define_metric_group",
+    "log_figure",
+    "log_histogram",
+    "log_line_series",
+    "resolve_wandb_mode",
+]
+
+WANDB_MODES = ("offline", "online", "disabled")
+"""The ``mode`` values of :func:`wandb.init` that :class:`WandbLogger` accepts."""
+
+
+def resolve_wandb_mode(mode: str | None = None) -> str:
+    """The W&B mode: ``mode`` if given, else the ``WANDB_MODE`` environment variable, else ``"offline"``.
+
+    Raises:
+        ValueError: If the mode is not one of :data:`WANDB_MODES`.
+
+    Example:
+        >>> resolve_wandb_mode("online")
+        'online'
+    """
+    resolved = mode or os.environ.get("WANDB_MODE") or "offline"
+    resolved = {"dryrun": "offline", "run": "online"}.get(resolved, resolved)  # wandb's older spellings
+    if resolved not in WANDB_MODES:
+        source = "argument `mode`" if mode else "environment variable `WANDB_MODE`"
+        raise ValueError(f"Expected {source} to be one of {list(WANDB_MODES)}, but got {resolved!r}.")
+    return resolved
+
+
+class WandbLogger(_LightningWandbLogger):
+    """Lightning's :class:`~lightning.pytorch.loggers.WandbLogger`, offline unless told otherwise.
+
+    With no ``mode`` and no ``WANDB_MODE`` in the environment the run is written offline
+    (no account, no network, no login prompt) to ``<save_dir>/wandb/offline-run-*``; upload it
+    later with ``wandb sync <that directory>``. ``mode="online"`` (or ``WANDB_MODE=online``)
+    logs live. Model checkpoints are not uploaded unless ``log_model`` is set, which needs
+    online mode.
+
+    Args:
+        name: Display name of the run.
+        save_dir: Parent directory of ``wandb/``; default ``WANDB_DIR`` or the working directory.
+        version: Run id, to resume a run.
+        mode: ``"offline"``, ``"online"`` or ``"disabled"``; default ``WANDB_MODE`` or ``"offline"``.
+        project: W&B project; default ``WANDB_PROJECT`` or ``"lit_ppool"``.
+        entity: W&B user or team (online mode).
+        group: Run group, e.g. one per ablation table.
+        tags: Run tags.
+        log_model: Upload checkpoints as W&B artifacts (``True`` at the end, ``"all"`` as saved);
+            online mode only.
+        prefix: Prefix of every metric key.
+        **kwargs: Other arguments of :func:`wandb.init` (``notes``, ``job_type``, ``settings``, ...).
+
+    Raises:
+        ValueError: If ``mode`` (or ``WANDB_MODE``) is unknown, or ``log_model`` is set outside
+            online mode.
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        save_dir: str | None = None,
+        version: str | None = None,
+        mode: Literal["offline", "online", "disabled"] | None = None,
+        project: str | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        tags: list[str] | None = None,
+        log_model: Literal["all"] | bool = False,
+        prefix: str = "",
+        **kwargs: Any,
+    ) -> None:
+        mode = resolve_wandb_mode(mode)
+        if log_model and mode != "online":
+            raise ValueError(
+                f"Expected argument `log_model` to be False when the W&B mode is {mode!r} (checkpoints are "
+                f"uploaded only online), but got {log_model!r}. Set `mode: online` or WANDB_MODE=online."
+            )
+        self.mode = mode
+        super().__init__(
+            name=name,
+            # absolute: wandb resolves a relative dir again later, against whatever the working directory is then
+            save_dir=os.path.abspath(save_dir or os.environ.get("WANDB_DIR") or "."),
+            version=version,
+            project=project or os.environ.get("WANDB_PROJECT") or "lit_ppool",
+            log_model=log_model,
+            prefix=prefix,
+            mode=mode,  # to wandb.init: never the process-wide WANDB_MODE that `offline=True` would set
+            entity=entity,
+            group=group,
+            tags=tags,
+            **kwargs,
+        )
+        if self._wandb_init.get("anonymous") is None:
+            del self._wandb_init["anonymous"]  # wandb warns about the setting even when it is None
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """The ``wandb`` run (created on first use, on rank zero; a dummy elsewhere)."""
+        if self._experiment is None and getattr(self, "_attach_id", None) is not None:
+            import wandb
+
+            # A ddp_spawn worker attaches to the run that the main process started. The attached run
+            # takes its media folder from the process-wide settings, not from the run: point those at
+            # save_dir, or images and tables land in ./wandb of the working directory.
+            wandb.setup(settings=wandb.Settings(root_dir=self.save_dir))
+        return _LightningWandbLogger.experiment.fget(self)
+
+
+class SaveConfigToLoggers(SaveConfigCallback):
+    """LightningCLI's config callback that also logs the whole config as the loggers' hyperparameters.
+
+    The config (the ``config.yaml`` next to the logs, as a nested dict: ``model.pooling``,
+    ``trainer.max_epochs``, ...) goes to ``log_hyperparams`` of every logger of the Trainer:
+    the W&B run config, TensorBoard's hparams, the CSV logger's ``hparams.yaml``. Not for
+    ``predict``, which logs nothing else. Runs on rank zero only.
+    """
+
+    def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "predict" or not trainer.loggers:
+            return
+        import yaml
+
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
+
+
+def define_metric_group(logger: Logger, pattern: str) -> None:
+    """Group the keys matching ``pattern`` (e.g. ``"alpha/*"``) on one x-axis in a W&B run; no-op elsewhere.
+
+    W&B plots them against ``trainer/global_step`` and keeps their last value in the run summary.
+    """
+    if isinstance(logger, _LightningWandbLogger):
+        logger.experiment.define_metric(pattern, step_metric="trainer/global_step", summary="last")
+
+
+def log_histogram(logger: Logger, key: str, values: Tensor, step: int) -> bool:
+    """Log a histogram of ``values`` where the logger supports one (W&B, TensorBoard); return whether it did."""
+    values = values.detach().float().cpu().flatten()
+    if isinstance(logger, _LightningWandbLogger):
+        import wandb
+
+        logger.log_metrics({key: wandb.Histogram(values.numpy())}, step=step)  # type: ignore[dict-item]
+        return True
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_histogram(key, values, global_step=step)
+        return True
+    return False
+
+
+def log_figure(logger: Logger, key: str, figure: Figure, path: str | Path, step: int) -> bool:
+    """Log a matplotlib figure (already saved as the PNG ``path``) as an image where the logger supports
+    images (W&B, TensorBoard); return whether it did."""
+    if isinstance(logger, _LightningWandbLogger):
+        logger.log_image(key=key, images=[str(path)], step=step)
+        return True
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_figure(key, figure, global_step=step, close=False)
+        return True
+    return False
+
+
+def log_line_series(
+    logger: Logger,
+    key: str,
+    xs: Sequence[float],
+    ys: Sequence[Sequence[float]],
+    names: Sequence[str],
+    title: str,
+    step: int,
+) -> bool:
+    """Log several curves as one interactive chart where the logger has one (W&B); return whether it did."""
+    if isinstance(logger, _LightningWandbLogger):
+        import wandb
+
+        chart = wandb.plot.line_series(
+            xs=list(xs), ys=[list(y) for y in ys], keys=list(names), title=title, xname="step"
+        )
+        logger.log_metrics({key: chart}, step=step)  # type: ignore[dict-item]
+        return True
+    return False

@@ -1,0 +1,77 @@
+"""Parity of a fused P-pooling Function with the reference Function: forward and both gradients.
+
+Shared by the CPU kernel tests, the Triton interpreter run (``triton_interpreter_check.py``)
+and the CUDA tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from lit_ppool.functional import pool_geometry, pool_output_shape
+from lit_ppool.kernels.reference import PPool2dFunction
+
+# (kernel, stride, padding, dilation, ceil_mode): the VGG and ResNet-stem pools, overlapping,
+# dilated, ceil-mode, rectangular, 1x1 and stride > kernel windows.
+GEOMETRIES = [
+    (2, 2, 0, 1, False),
+    (3, 2, 1, 1, False),
+    (3, 1, 1, 1, False),
+    (3, 2, 1, 2, True),
+    (4, 3, 2, 1, True),
+    ((2, 3), (1, 2), (1, 0), (2, 1), False),
+    (1, 2, 0, 1, False),
+    (2, 3, 0, 1, True),
+]
+
+# Relative tolerances of the fused paths against the reference in the same dtype.
+TOLERANCES = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def make_input(shape, dtype, device="cpu", seed=0):
+    """Post-ReLU-like activations with exact zeros, one all-zero window region and a few negatives."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.relu(torch.randn(shape, generator=generator) * 2)
+    x[..., 0, :3] = 0.0
+    x[..., -1, -1] = -0.25
+    return x.to(device=device, dtype=dtype)
+
+
+def run(function, x, alpha, geometry, grad):
+    """Output, dL/dx and dL/dalpha of ``function`` for the upstream gradient ``grad``."""
+    x = x.detach().clone().requires_grad_()
+    alpha = alpha.detach().clone().requires_grad_()
+    out_size = pool_output_shape(tuple(x.shape[-2:]), geometry)
+    output = function.apply(x, alpha, geometry, out_size)
+    output.backward(grad)
+    return output.detach(), x.grad, alpha.grad
+
+
+def relative_errors(function, x, alpha, geometry, seed=0):
+    """max |fused - reference| / max |reference| for output, dL/dx and dL/dalpha.
+
+    The reference runs on the same (rounded) input in float32 with the upstream gradient
+    rounded to the input dtype, so low-precision errors measure only the fused kernel's output
+    rounding.
+    """
+    out_size = pool_output_shape(tuple(x.shape[-2:]), geometry)
+    generator = torch.Generator().manual_seed(seed + 1)
+    grad = torch.randn(*x.shape[:-2], *out_size, generator=generator).to(device=x.device, dtype=x.dtype)
+    fused = run(function, x, alpha, geometry, grad)
+    reference = run(PPool2dFunction, x.float(), alpha, geometry, grad.float())
+    return [
+        ((f.float() - r).abs().max() / r.abs().max().clamp_min(1e-6)).item() for f, r in zip(fused, reference)
+    ]
+
+
+def cases(dtypes=(torch.float32,), alphas=(0.0, 1.5, 100.0), shape=(2, 3, 9, 11)):
+    """(x, alpha, geometry) triples over the geometry grid, dtypes, alpha values, per-layer and per-channel."""
+    for spec, dtype, value, per_channel in itertools.product(GEOMETRIES, dtypes, alphas, (False, True)):
+        geometry = pool_geometry(*spec)
+        channels = shape[1]
+        alpha = torch.full((channels,) if per_channel else (1,), value)
+        if per_channel:
+            alpha = alpha * torch.linspace(0.5, 1.0, channels)
+        yield spec, make_input(shape, dtype), alpha, geometry

@@ -1,0 +1,319 @@
+"""AlphaMonitor: keys and values in CSV, offline W&B and TensorBoard; intervals; plot; errors; the CLI; DDP."""
+
+import csv
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+import wandb
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from wandb_records import config as wandb_config
+from wandb_records import history as wandb_history
+from wandb_records import wait_until_closed
+
+from lit_ppool import AlphaMonitor, GlobalPPool2d, PPool2d
+from lit_ppool.training.alpha_monitor import alpha_layers
+from lit_ppool.training.loggers import WandbLogger, resolve_wandb_mode
+
+LAYERS = ("features_2", "features_5", "head_0")  # scalar, per-channel, global (scalar)
+
+
+class TinyModule(L.LightningModule):
+    """Two P-pooling layers and a global one, on 8x8 images; Adam moves alpha visibly every step."""
+
+    def __init__(self, with_ppool: bool = True):
+        super().__init__()
+        pool = PPool2d if with_ppool else lambda k, **_: nn.MaxPool2d(k)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), pool(2, alpha_init=1.0),
+            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), pool(2, alpha_init=2.0, num_channels=4),
+        )  # fmt: skip
+        self.head = nn.Sequential(GlobalPPool2d(alpha_init=0.5) if with_ppool else nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return F.cross_entropy(self.head(self.features(images)), labels)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        generator = torch.Generator().manual_seed(0)
+        data = TensorDataset(torch.rand(64, 3, 8, 8, generator=generator), torch.randint(0, 2, (64,), generator=generator))
+        return DataLoader(data, batch_size=4)
+
+
+class RecordAlpha(Callback):
+    """The layers' effective alpha at every global step, read independently of AlphaMonitor."""
+
+    def __init__(self):
+        self.at_step = {}
+
+    def _record(self, trainer, pl_module):
+        layers = {"features_2": pl_module.features[2], "features_5": pl_module.features[5], "head_0": pl_module.head[0]}
+        self.at_step[trainer.global_step] = {name: layer.alpha.detach().clone() for name, layer in layers.items()}
+
+    def on_train_start(self, trainer, pl_module):
+        self._record(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._record(trainer, pl_module)
+
+
+def fit(tmp_path, monitor, logger, max_steps=6, **trainer_kwargs):
+    record = RecordAlpha()
+    defaults = dict(
+        accelerator="cpu", devices=1, max_steps=max_steps, max_epochs=1, logger=logger, callbacks=[monitor, record],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer = L.Trainer(**{**defaults, **trainer_kwargs})
+    trainer.fit(TinyModule())
+    return trainer, record
+
+
+def csv_rows(logger):
+    with open(Path(logger.log_dir) / "metrics.csv", newline="") as file:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(file)]
+
+
+def finished_run_file(folder):
+    """Finish the W&B run and return its closed ``.wandb`` file, the only one under ``folder``."""
+    wandb.finish()
+    (run_file,) = Path(folder).glob("wandb/offline-run-*/run-*.wandb")
+    return wait_until_closed(run_file)
+
+
+def alpha_rows(rows, key="alpha/features_2"):
+    return [row for row in rows if key in row]
+
+
+def assert_logged_values_match(rows, record):
+    """Every logged alpha equals the layer's alpha at that step (mean/min/max of a per-channel one)."""
+    for row in rows:
+        expected = record.at_step[int(row["step"])]
+        assert row["alpha/features_2"] == pytest.approx(expected["features_2"].item(), rel=1e-6)
+        assert row["alpha/head_0"] == pytest.approx(expected["head_0"].item(), rel=1e-6)
+        channels = expected["features_5"]
+        assert row["alpha/features_5"] == pytest.approx(channels.mean().item(), rel=1e-6)
+        assert row["alpha/features_5/min"] == pytest.approx(channels.min().item(), rel=1e-6)
+        assert row["alpha/features_5/max"] == pytest.approx(channels.max().item(), rel=1e-6)
+
+
+def test_alpha_layers_names_drop_model_prefix_and_dots():
+    assert list(alpha_layers(TinyModule())) == list(LAYERS)
+    wrapped = nn.Module()
+    wrapped.model = nn.Sequential(nn.Sequential(nn.Identity(), PPool2d(2)))
+    assert list(alpha_layers(wrapped)) == ["0_1"]  # "model.0.1": common model. prefix dropped
+    assert alpha_layers(nn.Sequential(nn.MaxPool2d(2))) == {}
+
+
+def test_csv_logs_every_n_steps_with_the_layers_alpha_and_plots_one_line_per_layer(tmp_path):
+    monitor = AlphaMonitor(every_n_steps=2)
+    logger = CSVLogger(tmp_path)
+    _, record = fit(tmp_path, monitor, logger)
+
+    rows = alpha_rows(csv_rows(logger))
+    assert [int(row["step"]) for row in rows] == [0, 2, 4, 6]  # initial value, then one per interval
+    for key in ("alpha/features_2", "alpha/features_5", "alpha/features_5/min", "alpha/features_5/max", "alpha/head_0"):
+        assert all(key in row for row in rows), key
+    assert not any("hist" in key for row in rows for key in row)  # no histograms in a CSV
+    assert_logged_values_match(rows, record)
+    assert rows[-1]["alpha/features_2"] != rows[0]["alpha/features_2"]  # alpha moved, and the log shows it
+    assert rows[0]["alpha/features_5/min"] < rows[-1]["alpha/features_5/max"]
+
+    assert monitor.steps == [0, 2, 4, 6] and list(monitor.history) == list(LAYERS)
+    assert monitor.history["features_2"] == [row["alpha/features_2"] for row in rows]
+    assert monitor.plot_path == Path(logger.log_dir) / "alpha.png"
+    with Image.open(monitor.plot_path) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+    (axes,) = monitor.plot().axes
+    assert [line.get_label() for line in axes.lines] == list(LAYERS)  # one line per layer
+    assert list(axes.lines[0].get_xdata()) == [0, 2, 4, 6]
+    assert list(axes.lines[1].get_ydata()) == monitor.history["features_5"]
+
+
+def test_default_interval_is_the_trainers_log_every_n_steps(tmp_path):
+    logger = CSVLogger(tmp_path)
+    fit(tmp_path, AlphaMonitor(), logger, log_every_n_steps=3)
+    assert [int(row["step"]) for row in alpha_rows(csv_rows(logger))] == [0, 3, 6]
+
+
+def test_epoch_interval_logs_once_per_epoch(tmp_path):
+    logger = CSVLogger(tmp_path)
+    _, record = fit(tmp_path, AlphaMonitor(logging_interval="epoch"), logger, max_steps=-1, max_epochs=3, limit_train_batches=2)
+    rows = alpha_rows(csv_rows(logger))
+    assert [int(row["step"]) for row in rows] == [0, 2, 4, 6]
+    assert_logged_values_match(rows, record)
+
+
+def test_resumed_fit_continues_the_history_from_the_checkpoint(tmp_path):
+    first = AlphaMonitor(every_n_steps=2)
+    trainer, _ = fit(tmp_path, first, CSVLogger(tmp_path), max_steps=4)
+    trainer.save_checkpoint(tmp_path / "step4.ckpt", weights_only=False)
+    resumed = AlphaMonitor(every_n_steps=2)
+    trainer = L.Trainer(
+        max_steps=8, max_epochs=3, logger=CSVLogger(tmp_path), callbacks=[resumed], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(TinyModule(), ckpt_path=tmp_path / "step4.ckpt", weights_only=True)
+    assert resumed.steps == [0, 2, 4, 6, 8]  # the checkpoint's history, then the resumed steps, no duplicate
+    assert resumed.history["features_2"][:3] == first.history["features_2"]
+    (axes,) = resumed.plot().axes
+    assert list(axes.lines[0].get_xdata()) == [0, 2, 4, 6, 8]
+
+
+def test_offline_wandb_run_holds_alpha_history_histograms_and_plot(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline is the default, not the environment's doing
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    logger = WandbLogger(name="tiny")
+    assert logger.mode == "offline" and logger.save_dir == str(tmp_path / "wandb_dir")
+    logger.log_hyperparams({"model": {"pooling": "p"}})
+    monitor = AlphaMonitor(every_n_steps=2)
+    _, record = fit(tmp_path, monitor, logger, max_steps=4)
+    run_dir = Path(logger.experiment.dir).parent
+    run_file = finished_run_file(tmp_path / "wandb_dir")
+    assert run_file.parent == run_dir
+    rows = wandb_history(run_file)
+    alpha = [row for row in rows if "alpha/features_2" in row]
+    assert [row["trainer/global_step"] for row in alpha] == [0, 2, 4]
+    assert_logged_values_match([{**row, "step": row["trainer/global_step"]} for row in alpha], record)
+    histograms = [row for row in rows if row.get("alpha/features_5/hist/_type") == "histogram"]
+    assert [row["trainer/global_step"] for row in histograms] == [0, 2, 4]
+    assert sum(histograms[-1]["alpha/features_5/hist/values"]) == 4  # one count per channel
+    assert any(row.get("alpha/plot/_type") == "images/separated" for row in rows)
+    assert any("alpha/all_layers_table/_type" in row for row in rows)  # one chart with every layer
+    assert list(run_dir.glob("files/media/images/alpha/plot_*.png"))
+    assert wandb_config(run_file)["model"] == {"pooling": "p"}
+
+
+def test_tensorboard_gets_scalars_histograms_and_the_plot(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path)
+    _, record = fit(tmp_path, AlphaMonitor(every_n_steps=3), logger)
+    events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0}).Reload()
+    tags = events.Tags()
+    scalars = events.Scalars("alpha/features_2")
+    assert [event.step for event in scalars] == [0, 3, 6]
+    assert scalars[-1].value == pytest.approx(record.at_step[6]["features_2"].item(), rel=1e-6)
+    assert {"alpha/features_5", "alpha/features_5/min", "alpha/features_5/max", "alpha/head_0"} <= set(tags["scalars"])
+    assert [event.step for event in events.Histograms("alpha/features_5/hist")] == [0, 3, 6]
+    assert events.Histograms("alpha/features_5/hist")[-1].histogram_value.num == 4
+    assert tags["images"] == ["alpha/plot"]
+    assert (Path(logger.log_dir) / "alpha.png").is_file()
+
+
+def test_with_two_loggers_both_get_the_same_keys(tmp_path):
+    csv_logger, wandb_logger = CSVLogger(tmp_path), WandbLogger(save_dir=str(tmp_path))
+    fit(tmp_path, AlphaMonitor(every_n_steps=3), [csv_logger, wandb_logger])
+    run_file = finished_run_file(tmp_path)
+    csv_keys = {key for row in csv_rows(csv_logger) for key in row if key.startswith("alpha/")}
+    wandb_keys = {key for row in wandb_history(run_file) for key in row if key.startswith("alpha/") and key.count("/") <= 2}
+    assert csv_keys == {"alpha/features_2", "alpha/features_5", "alpha/features_5/min", "alpha/features_5/max", "alpha/head_0"}
+    assert csv_keys <= wandb_keys
+    assert (Path(csv_logger.log_dir) / "alpha.png").is_file()  # the first logger's directory
+
+
+def test_model_without_ppool_is_an_error_unless_not_strict(tmp_path):
+    with pytest.raises(MisconfigurationException, match=r"no P-pooling layer.*strict=False"):
+        L.Trainer(max_steps=1, logger=CSVLogger(tmp_path), callbacks=[AlphaMonitor()], enable_progress_bar=False).fit(TinyModule(with_ppool=False))
+    logger = CSVLogger(tmp_path, name="lenient")
+    monitor = AlphaMonitor(strict=False)
+    with pytest.warns(UserWarning, match="no P-pooling layer"):
+        L.Trainer(max_steps=2, logger=logger, callbacks=[monitor], enable_progress_bar=False).fit(TinyModule(with_ppool=False))
+    assert monitor.steps == [] and monitor.plot_path is None
+    assert not (Path(logger.log_dir) / "alpha.png").exists()
+
+
+def test_no_logger_is_an_error(tmp_path):
+    trainer = L.Trainer(max_steps=1, logger=False, callbacks=[AlphaMonitor()], default_root_dir=tmp_path, enable_progress_bar=False)
+    with pytest.raises(MisconfigurationException, match="no logger"):
+        trainer.fit(TinyModule())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"logging_interval": "batch"}, "logging_interval"),
+        ({"every_n_steps": 0}, "every_n_steps"),
+        ({"every_n_steps": 2.5}, "every_n_steps"),
+        ({"every_n_steps": True}, "every_n_steps"),
+        ({"logging_interval": "epoch", "every_n_steps": 2}, "every_n_steps"),
+        ({"plot_filename": "plots/alpha.png"}, "plot_filename"),
+        ({"plot_filename": "alpha.jpg"}, "plot_filename"),
+    ],
+)
+def test_invalid_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=rf"Expected argument `{match}`"):
+        AlphaMonitor(**kwargs)
+
+
+def test_wandb_mode_follows_argument_then_environment_then_offline(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert resolve_wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert resolve_wandb_mode() == "online" and resolve_wandb_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ValueError, match="WANDB_MODE"):
+        resolve_wandb_mode()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with pytest.raises(ValueError, match="log_model"):
+        WandbLogger(log_model=True)
+    assert WandbLogger(mode="online")._wandb_init["mode"] == "online"  # nothing is started before the first log
+
+
+def test_quickstart_cli_logs_alpha_config_and_plot_without_network(tmp_path, monkeypatch):
+    """The quickstart config as shipped (tiny sizes): CSV + offline W&B, the full config in the W&B run."""
+    from lit_ppool.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    cli = run_cli([
+        "fit", "--config", str(quickstart), "--trainer.max_epochs=1", "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=2", "--trainer.enable_progress_bar=false",
+        "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}", "--data.init_args.image_size=32",
+        "--data.init_args.train_size=16", "--data.init_args.val_size=4", "--data.init_args.batch_size=4",
+    ])  # fmt: skip
+    run_file = finished_run_file(tmp_path)
+    log_dir = tmp_path / "lightning_logs" / "quickstart" / "version_0"
+    assert {"config.yaml", "metrics.csv", "alpha.png"} <= {path.name for path in log_dir.iterdir()}
+    rows = alpha_rows(csv_rows(cli.trainer.loggers[0]), "alpha/encoder_maxpool")
+    assert [int(row["step"]) for row in rows] == [0, 2, 4]
+    assert rows[-1]["alpha/encoder_maxpool"] == pytest.approx(cli.model.model.encoder.maxpool.alpha.item(), rel=1e-6)
+
+    history = [row for row in wandb_history(run_file) if "alpha/encoder_maxpool" in row]
+    assert [row["alpha/encoder_maxpool"] for row in history] == pytest.approx([row["alpha/encoder_maxpool"] for row in rows])
+    run_config = wandb_config(run_file)
+    assert run_config["model"]["pooling"] == "p" and run_config["model"]["encoder_name"] == "resnet18"
+    assert run_config["trainer"]["log_every_n_steps"] == 2 and run_config["data"]["init_args"]["image_size"] == 32
+    assert run_config["seed_everything"] == 0
+
+
+@pytest.mark.slow
+def test_ddp_writes_exactly_one_log_stream_and_one_wandb_run(tmp_path):
+    csv_logger, wandb_logger = CSVLogger(tmp_path), WandbLogger(save_dir=str(tmp_path))
+    trainer = L.Trainer(
+        accelerator="cpu", strategy="ddp_spawn", devices=2, max_steps=4, max_epochs=1, logger=[csv_logger, wandb_logger],
+        callbacks=[AlphaMonitor(every_n_steps=2)], enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(TinyModule())
+    run_file = finished_run_file(tmp_path)  # exactly one W&B run
+
+    assert [path.name for path in (tmp_path / "lightning_logs").iterdir()] == ["version_0"]
+    rows = alpha_rows(csv_rows(CSVLogger(tmp_path, version=0)))  # the workers' logger, not this process's copy
+    assert [int(row["step"]) for row in rows] == [0, 2, 4]  # one row per interval, not one per process
+    assert all(math.isfinite(row["alpha/features_5/max"]) for row in rows)
+    steps = [row["trainer/global_step"] for row in wandb_history(run_file) if "alpha/features_2" in row]
+    assert steps == [0, 2, 4]
+    assert list(run_file.parent.glob("files/media/images/alpha/plot_*.png"))  # the image in the run, not in ./wandb
+    assert list(tmp_path.rglob("alpha.png")) == [tmp_path / "lightning_logs" / "version_0" / "alpha.png"]

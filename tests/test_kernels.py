@@ -1,0 +1,182 @@
+"""The fused kernels against the reference path, the backend switch and the automatic choice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernel_parity import TOLERANCES, cases, make_input, relative_errors
+from lit_ppool import PPool2d, p_pool2d
+from lit_ppool.functional import pool_geometry
+from lit_ppool.kernels import dispatch
+from lit_ppool.kernels.cpu import CppPPool2dFunction, load_extension
+from lit_ppool.kernels.reference import PPool2dFunction
+
+TESTS = Path(__file__).parent
+
+
+def test_cpu_kernel_builds_here():
+    """The machines that run this suite have a compiler: the fast path must not silently fall back."""
+    assert load_extension() is not None
+
+
+# ------------------------------------------------------------------------------ CPU parity
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+def test_cpu_kernel_matches_reference(dtype):
+    failures = []
+    for spec, x, alpha, geometry in cases(dtypes=(dtype,), alphas=(0.0, 1e-3, 1.5, 100.0)):
+        errors = relative_errors(CppPPool2dFunction, x, alpha, geometry)
+        if max(errors) > TOLERANCES[dtype]:
+            failures.append((spec, alpha.tolist(), errors))
+    assert not failures
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "sliced", "wide"])
+def test_cpu_kernel_handles_layouts_and_widths(layout):
+    """Channels-last and non-contiguous inputs; widths that span several vector lanes and a tail."""
+    if layout == "channels_last":
+        x = make_input((2, 5, 12, 12), torch.float32).contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = make_input((2, 5, 12, 30), torch.float32)[..., 3:27:2]
+    else:
+        x = make_input((1, 2, 6, 77), torch.float32)
+    for spec in [(2, 2, 0, 1, False), (3, 2, 1, 1, False)]:
+        errors = relative_errors(CppPPool2dFunction, x, torch.tensor([2.0]), pool_geometry(*spec))
+        assert max(errors) < TOLERANCES[torch.float32], (spec, errors)
+    if layout == "channels_last":
+        out = CppPPool2dFunction.apply(x, torch.tensor([1.0]), pool_geometry(2), (6, 6))
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cpu_kernel_special_values():
+    """Zeros, subnormals, 1e4, negatives, NaN and padding-only windows behave as in the reference."""
+    x = torch.zeros(1, 4, 6, 6)
+    x[0, 1] = 1e-40  # subnormal
+    x[0, 2] = torch.rand(6, 6) * 1e4
+    x[0, 3] = torch.rand(6, 6) - 0.5
+    for alpha in (0.0, 1e-3, 1.0, 100.0):
+        for spec in [(2, 2, 0, 1, False), (3, 1, 1, 1, False), (2, 2, 1, 3, True)]:
+            geometry = pool_geometry(*spec)
+            errors = relative_errors(CppPPool2dFunction, x, torch.tensor([alpha]), geometry)
+            assert max(errors) < 1e-4, (alpha, spec, errors)
+    x[0, 0, 2, 3] = float("nan")
+    out = p_pool2d(x, 1.0, 2)
+    assert torch.isnan(out[0, 0, 1, 1]) and torch.isnan(out[0, 0]).sum() == 1
+    assert torch.isfinite(out[0, 1:]).all()
+
+
+def test_cpu_kernel_gradient_is_deterministic():
+    x = make_input((2, 4, 16, 16), torch.float32).requires_grad_()
+    alpha = torch.tensor([1.5, 0.5, 2.0, 3.0], requires_grad=True)
+    grads = []
+    for _ in range(2):
+        p_pool2d(x, alpha, 3, 2, 1).square().sum().backward()
+        grads.append((x.grad.clone(), alpha.grad.clone()))
+        x.grad = alpha.grad = None
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+def test_cpu_kernel_keeps_less_for_backward_than_max_pool():
+    """Saved: the input, alpha and one output-sized float32 tensor; max_pool2d saves int64 indices."""
+
+    def saved_bytes(fn, x):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = fn(x)
+        extra = [t for t in saved if t.data_ptr() != x.data_ptr()]
+        return out, extra, sum(t.numel() * t.element_size() for t in extra)
+
+    x = make_input((2, 8, 32, 32), torch.float32).requires_grad_()
+    out, extra, ours = saved_bytes(lambda t: p_pool2d(t, torch.tensor(1.0, requires_grad=True), 3, 2, 1), x)
+    assert out.grad_fn.name() == "CppPPool2dFunctionBackward"
+    assert [tuple(t.shape) for t in extra if t.numel() > 1] == [tuple(out.shape)]
+    _, _, max_pool = saved_bytes(lambda t: F.max_pool2d(t, 3, 2, 1), x)
+    assert ours <= max_pool
+
+
+# --------------------------------------------------------------------------- backend choice
+
+
+def test_auto_backend_choice():
+    x = torch.rand(1, 2, 8, 8)
+    assert dispatch.get_backend() == "auto"
+    assert dispatch.select_function(x) is CppPPool2dFunction
+    assert dispatch.select_function(x.bfloat16()) is CppPPool2dFunction
+    assert dispatch.select_function(x.double()) is PPool2dFunction  # float64 stays exact
+    with dispatch.use_backend("reference"):
+        assert dispatch.select_function(x) is PPool2dFunction
+        assert p_pool2d(x.requires_grad_(), 1.0, 2).grad_fn.name() == "PPool2dFunctionBackward"
+    assert dispatch.get_backend() == "auto"
+
+
+def test_compiled_model_traces_the_reference_path():
+    """Under torch.compile the op is traced as plain torch ops (the fused kernels are opaque to dynamo)."""
+    layer = PPool2d(2, alpha_init=1.5)
+    x = make_input((2, 3, 8, 8), torch.float32)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), layer(x))
+
+
+def test_backend_errors():
+    with pytest.raises(ValueError, match="one of auto, reference, cpp, triton, but got 'fast'"):
+        dispatch.set_backend("fast")
+    with dispatch.use_backend("cpp"):
+        with pytest.raises(ValueError, match="float32, float16 or bfloat16 input for backend 'cpp'"):
+            p_pool2d(torch.rand(1, 1, 4, 4, dtype=torch.float64), 1.0, 2)
+    env = {**os.environ, "LIT_PPOOL_BACKEND": "fastest"}
+    result = subprocess.run([sys.executable, "-c", "import lit_ppool"], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "environment variable `LIT_PPOOL_BACKEND` to be one of auto, reference, cpp, triton" in result.stderr
+
+
+# ------------------------------------------------------------------------------------ Triton
+
+
+def test_triton_kernels_match_reference_in_the_interpreter():
+    """The Triton kernels run on CPU tensors under TRITON_INTERPRET=1 (tiny shapes; slow interpreter)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, str(TESTS / "triton_interpreter_check.py")], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 5
+    for row in rows:
+        tolerance = TOLERANCES[getattr(torch, row["case"][1])]
+        assert max(row["errors"]) < tolerance, row
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+def test_triton_kernels_match_reference_on_cuda(dtype):
+    from lit_ppool.kernels.triton_kernels import TritonPPool2dFunction
+
+    failures = []
+    for spec, x, alpha, geometry in cases(dtypes=(dtype,), shape=(2, 3, 33, 35)):
+        errors = relative_errors(TritonPPool2dFunction, x.cuda(), alpha.cuda(), geometry)
+        if max(errors) > TOLERANCES[dtype]:
+            failures.append((spec, alpha.tolist(), errors))
+    assert not failures
+    x = torch.rand(2, 3, 8, 8, device="cuda")
+    assert dispatch.select_function(x) is TritonPPool2dFunction
+
+
+@pytest.mark.cuda
+def test_cuda_autocast_and_channels_last():
+    layer = PPool2d(3, 2, 1, alpha_init=2.0).cuda()
+    x = make_input((2, 4, 16, 16), torch.float32, device="cuda").contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = layer(x)
+    assert out.dtype == torch.float32 and out.is_contiguous(memory_format=torch.channels_last)
+    with dispatch.use_backend("reference"):
+        torch.testing.assert_close(out, layer(x))
