@@ -1,6 +1,7 @@
 """The notebooks run top to bottom (nbclient, in a scratch working directory) and are stored without outputs."""
 
 import csv
+import os
 from pathlib import Path
 
 import nbformat
@@ -12,6 +13,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 def execute(name, cwd):
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    os.environ.pop("MPLBACKEND", None)  # the kernel inherits it; Agg (set by CI) disables inline figures
     NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
     return notebook
 
