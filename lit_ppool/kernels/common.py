@@ -5,6 +5,7 @@ The helpers are TorchScript-compatible (a scripted ``PPool2d`` compiles them).
 
 from typing import List
 
+import torch
 from torch import Tensor
 
 EPS = 1e-6
@@ -33,3 +34,8 @@ def window(padded: Tensor, i: int, j: int, out_size: List[int], stride: List[int
         h0 : h0 + (out_size[0] - 1) * stride[0] + 1 : stride[0],
         w0 : w0 + (out_size[1] - 1) * stride[1] + 1 : stride[1],
     ]
+
+
+def is_channels_last(input: Tensor) -> bool:
+    """True for a 4-d tensor laid out channels-last (and not also NCHW-contiguous): the fused kernels keep that layout."""
+    return input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)

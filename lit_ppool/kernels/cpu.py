@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_ppool.kernels.common import EPS
+from lit_ppool.kernels.common import EPS, is_channels_last
 
 __all__ = ["CppPPool2dFunction", "load_extension"]
 
@@ -85,7 +85,7 @@ class CppPPool2dFunction(torch.autograd.Function):
         output, log_max = extension.forward(input.contiguous(), alpha_f32, flat, EPS)
         ctx.save_for_backward(input, alpha, log_max)
         ctx.flat_geometry = flat
-        return output.contiguous(memory_format=torch.channels_last) if _channels_last(input) else output
+        return output.contiguous(memory_format=torch.channels_last) if is_channels_last(input) else output
 
     @staticmethod
     @once_differentiable
@@ -101,10 +101,7 @@ class CppPPool2dFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             reduced = grad_planes.sum() if alpha.numel() == 1 else grad_planes.sum(dim=0)
             grad_alpha = reduced.reshape(alpha.shape).to(alpha.dtype)
-        if _channels_last(input):
+        if is_channels_last(input):
             grad_input = grad_input.contiguous(memory_format=torch.channels_last)
         return grad_input if ctx.needs_input_grad[0] else None, grad_alpha, None, None
 
-
-def _channels_last(input: Tensor) -> bool:
-    return input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)

@@ -18,6 +18,7 @@ parity checks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Iterator
 
@@ -107,6 +108,7 @@ def select_function(input: Tensor) -> type[torch.autograd.Function]:
     return PPool2dFunction
 
 
+@functools.lru_cache(maxsize=None)
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401

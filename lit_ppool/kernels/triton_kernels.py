@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_ppool.kernels.common import EPS
+from lit_ppool.kernels.common import EPS, is_channels_last
 
 __all__ = ["TritonPPool2dFunction"]
 
@@ -36,6 +36,16 @@ def _weight(x, ok, lm, alpha, EPS: tl.constexpr):
     """log(x~ / m) and exp(alpha * log(x~ / m)) of one window element, both 0 where ``ok`` is false."""
     d = tl.where(ok, tl.log(tl.maximum(x, EPS, propagate_nan=_NAN_MAX)) - lm, 0.0)
     return d, tl.where(ok, tl.exp(alpha * d), 0.0)
+
+
+@triton.jit
+def _plane_and_block(alpha_ptr, C, size, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's (n, c) plane, its block of ``size`` positions (offsets and mask) and the plane's alpha."""
+    plane = tl.program_id(0).to(tl.int64)
+    c = plane % C
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    alpha = tl.load(alpha_ptr + (c if PER_CHANNEL else 0)).to(tl.float32)
+    return plane, plane // C, c, offs, offs < size, alpha
 
 
 @triton.jit
@@ -63,14 +73,9 @@ def _forward_kernel(x_ptr, alpha_ptr, y_ptr, lmax_ptr, C, H, W, OH, OW,
                     PER_CHANNEL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                     SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
                     EPS: tl.constexpr, BLOCK: tl.constexpr):
-    plane = tl.program_id(0).to(tl.int64)
-    n = plane // C
-    c = plane % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    live = offs < OH * OW
+    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, OH * OW, PER_CHANNEL, BLOCK)
     oh = offs // OW
     ow = offs % OW
-    alpha = tl.load(alpha_ptr + (c if PER_CHANNEL else 0)).to(tl.float32)
     x_base = x_ptr + n * sxn + c * sxc
     lm = tl.full([BLOCK], float("-inf"), tl.float32)
     for i in tl.static_range(KH):
@@ -97,14 +102,9 @@ def _backward_windows_kernel(x_ptr, alpha_ptr, lmax_ptr, gy_ptr, y_ptr, gs_ptr, 
                              SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr,
                              DW: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr):
     """Per output: y and dL/dy / sum(u) into float32 buffers; dL/dalpha summed per program."""
-    plane = tl.program_id(0).to(tl.int64)
-    n = plane // C
-    c = plane % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    live = offs < OH * OW
+    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, OH * OW, PER_CHANNEL, BLOCK)
     oh = offs // OW
     ow = offs % OW
-    alpha = tl.load(alpha_ptr + (c if PER_CHANNEL else 0)).to(tl.float32)
     x_base = x_ptr + n * sxn + c * sxc
     lm = tl.load(lmax_ptr + plane * OH * OW + offs, mask=live, other=0.0)
     total, weighted = _window_stats(x_base, oh, ow, live, lm, alpha, H, W, sxh, sxw,
@@ -135,14 +135,9 @@ def _backward_inputs_kernel(x_ptr, alpha_ptr, lmax_ptr, y_ptr, gs_ptr, gx_ptr, C
                             SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr,
                             DW: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr):
     """Per input: sum over the windows holding it of dL/dy w_i (1 + alpha (x_i - y) / x_i)."""
-    plane = tl.program_id(0).to(tl.int64)
-    n = plane // C
-    c = plane % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    live = offs < H * W
+    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, H * W, PER_CHANNEL, BLOCK)
     h = offs // W
     w = offs % W
-    alpha = tl.load(alpha_ptr + (c if PER_CHANNEL else 0)).to(tl.float32)
     x_offsets = n * sxn + c * sxc + h * sxh + w * sxw
     x = tl.load(x_ptr + x_offsets, mask=live, other=0.0).to(tl.float32)
     log_x = tl.log(tl.maximum(x, EPS, propagate_nan=_NAN_MAX))
@@ -183,8 +178,7 @@ def _constexprs(geometry, per_channel: bool) -> dict:
 
 
 def _empty_like_layout(input: Tensor, shape, dtype) -> Tensor:
-    channels_last = not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if is_channels_last(input) else torch.contiguous_format
     return torch.empty(shape, dtype=dtype, device=input.device, memory_format=memory_format)
 
 

@@ -63,43 +63,28 @@ void split_plane(const scalar_t* src, const Geometry& g, float eps, float* value
   for (int64_t pr = 0; pr < g.rows; ++pr) {
     const int64_t r = pr - g.ph;
     float* vrow = values + pr * rs;
+    float* lrow = logs + pr * rs;
     if (r < 0 || r >= g.height) {
       std::fill(vrow, vrow + rs, 0.0f);
+      std::fill(lrow, lrow + rs, kNegInf);
       continue;
     }
     const scalar_t* srow = src + r * g.width;
     for (int64_t q = 0; q < g.sw; ++q) {
       float* vq = vrow + q * g.span;
-      for (int64_t t = 0; t < g.span; ++t) {
-        const int64_t col = t * g.sw + q - g.pw;
-        vq[t] = (col >= 0 && col < g.width) ? static_cast<float>(srow[col]) : 0.0f;
-      }
-    }
-  }
-  const int64_t n = g.split_size();
-  const Vec veps(eps);
-  int64_t k = 0;
-  for (; k + V <= n; k += V) {
-    at::vec::maximum(Vec::loadu(values + k), veps).log().store(logs + k);
-  }
-  for (; k < n; ++k) {
-    const float v = values[k];
-    logs[k] = std::isnan(v) ? v : std::log(std::max(v, eps));
-  }
-  // Padding: whole rows above/below the input, and the columns left/right of it.
-  for (int64_t pr = 0; pr < g.rows; ++pr) {
-    const int64_t r = pr - g.ph;
-    float* lrow = logs + pr * rs;
-    if (r < 0 || r >= g.height) {
-      std::fill(lrow, lrow + rs, kNegInf);
-      continue;
-    }
-    for (int64_t q = 0; q < g.sw; ++q) {
       float* lq = lrow + q * g.span;
-      for (int64_t t = 0; t < g.span; ++t) {
-        const int64_t col = t * g.sw + q - g.pw;
-        if (col < 0 || col >= g.width) lq[t] = kNegInf;
-      }
+      // Entries t of phase q hold input column t * sw + q - pw: inside [0, width) for t in [lo, hi).
+      const int64_t lo = std::min(g.span, std::max<int64_t>(0, (g.pw - q + g.sw - 1) / g.sw));
+      const int64_t hi = std::max(lo, std::min(g.span, (g.width + g.pw - q + g.sw - 1) / g.sw));
+      std::fill(vq, vq + lo, 0.0f);
+      std::fill(lq, lq + lo, kNegInf);
+      for (int64_t t = lo; t < hi; ++t) vq[t] = static_cast<float>(srow[t * g.sw + q - g.pw]);
+      int64_t t = lo;
+      const Vec veps(eps);
+      for (; t + V <= hi; t += V) at::vec::maximum(Vec::loadu(vq + t), veps).log().store(lq + t);
+      for (; t < hi; ++t) lq[t] = std::isnan(vq[t]) ? vq[t] : std::log(std::max(vq[t], eps));
+      std::fill(vq + hi, vq + g.span, 0.0f);
+      std::fill(lq + hi, lq + g.span, kNegInf);
     }
   }
 }
