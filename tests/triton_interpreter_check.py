@@ -1,6 +1,6 @@
 """Run by tests/test_kernels.py in a subprocess with ``TRITON_INTERPRET=1``: Triton kernels vs the reference on CPU.
 
-Prints one JSON line per case: ``{"case": ..., "errors": [output, grad input, grad alpha]}``.
+Prints one JSON line per case: ``{"case": ..., "failures": [[quantity, error, allowed], ...]}``.
 """
 
 import json
@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from kernel_parity import GEOMETRIES, make_input, relative_errors  # noqa: E402
+from kernel_parity import GEOMETRIES, make_input, parity_failures  # noqa: E402
 
 from lit_ppool.functional import pool_geometry  # noqa: E402
 from lit_ppool.kernels.triton_kernels import TritonPPool2dFunction  # noqa: E402
@@ -32,5 +32,5 @@ if __name__ == "__main__":
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         alpha = torch.full((3,) if per_channel else (1,), value)
-        errors = relative_errors(TritonPPool2dFunction, x, alpha, pool_geometry(*GEOMETRIES[index]))
-        print(json.dumps({"case": [index, dtype_name, value, per_channel, channels_last], "errors": errors}))
+        failures = parity_failures(TritonPPool2dFunction, x, alpha, pool_geometry(*GEOMETRIES[index]))
+        print(json.dumps({"case": [index, dtype_name, value, per_channel, channels_last], "failures": failures}))
