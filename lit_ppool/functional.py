@@ -201,8 +201,9 @@ def p_pool2d(
     Args:
         input: Non-negative activations (e.g. post-ReLU), any floating dtype.
         alpha: The exponent, ``>= 0``: a float, or a tensor with one value (per layer) or
-            ``C`` values (per channel). Tensor values are used as given (no check, to
-            avoid a device sync); :class:`lit_ppool.PPool2d` keeps its alpha in range.
+            ``C`` values (per channel). A tensor on the GPU is used as given (checking it
+            would cost a device sync); the CPU kernel rejects negative values.
+            :class:`lit_ppool.PPool2d` keeps its alpha in range.
         kernel_size: Window size, int or ``(kh, kw)``.
         stride: Window stride; default ``kernel_size``.
         padding: Implicit padding on both sides, at most half the kernel size.
@@ -214,7 +215,8 @@ def p_pool2d(
 
     Raises:
         TypeError: If ``input`` is not a floating tensor or an argument has the wrong type.
-        ValueError: If the shape, geometry or alpha is invalid, or the input is too small.
+        ValueError: If the shape, geometry or alpha is invalid (a negative tensor alpha is
+            caught on the CPU), or the input is too small.
 
     Example:
         >>> x = torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]])

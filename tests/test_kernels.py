@@ -71,6 +71,23 @@ def test_cpu_kernel_special_values():
     assert torch.isfinite(out[0, 1:]).all()
 
 
+# The kernel's other builds: AVX2 uses the same inlined exp/log with 8 lanes and other
+# intrinsics, the portable default the library exp/log. Only ISAs this CPU can run.
+_OTHER_ISAS = {"AVX512": ["avx2", "default"], "AVX2": ["default"]}.get(torch.backends.cpu.get_cpu_capability(), [])
+
+
+@pytest.mark.parametrize("isa", _OTHER_ISAS)
+def test_cpu_kernel_builds_for_other_isas_match_reference(isa):
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": isa, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, str(TESTS / "cpu_isa_check.py")], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["module"] == f"lit_ppool_p_pool2d_cpu_{isa}"
+    assert not report["failures"], report["failures"]
+
+
 def test_cpu_kernel_gradient_is_deterministic():
     x = make_input((2, 4, 16, 16), torch.float32).requires_grad_()
     alpha = torch.tensor([1.5, 0.5, 2.0, 3.0], requires_grad=True)
@@ -129,6 +146,8 @@ def test_backend_errors():
     with dispatch.use_backend("cpp"):
         with pytest.raises(ValueError, match="float32, float16 or bfloat16 input for backend 'cpp'"):
             p_pool2d(torch.rand(1, 1, 4, 4, dtype=torch.float64), 1.0, 2)
+    with pytest.raises(ValueError, match=r"`alpha` >= 0 .* it holds -0.5.* clamp a tensor alpha"):
+        p_pool2d(torch.rand(1, 2, 4, 4), torch.tensor([0.5, -0.5]), 2)
     env = {**os.environ, "LIT_PPOOL_BACKEND": "fastest"}
     result = subprocess.run([sys.executable, "-c", "import lit_ppool"], env=env, capture_output=True, text=True)
     assert result.returncode != 0

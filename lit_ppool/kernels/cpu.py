@@ -82,6 +82,12 @@ class CppPPool2dFunction(torch.autograd.Function):
         extension = load_extension()
         flat = _flat_geometry(geometry, out_size)
         alpha_f32 = alpha.detach().to(torch.float32).contiguous()
+        if bool((alpha_f32 < 0).any()):
+            raise ValueError(
+                f"Expected `alpha` >= 0 (0 is average pooling, large alpha approaches max pooling), but it "
+                f"holds {alpha_f32.min().item():g}. PPool2d keeps its alpha in [0, alpha_max]; clamp a tensor "
+                "alpha with alpha.clamp_min(0)."
+            )
         output, log_max = extension.forward(input.contiguous(), alpha_f32, flat, EPS)
         ctx.save_for_backward(input, alpha, log_max)
         ctx.flat_geometry = flat

@@ -1,0 +1,23 @@
+"""Run by tests/test_kernels.py in a subprocess with ``ATEN_CPU_CAPABILITY`` set: the C++ kernel
+built for that ISA (its own cached build) against the float64 oracle.
+
+Prints one JSON object: the extension's module name and the parity failures (empty when it passes).
+"""
+
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from kernel_parity import cases, parity_failures  # noqa: E402
+
+from lit_ppool.kernels.cpu import CppPPool2dFunction, load_extension  # noqa: E402
+
+if __name__ == "__main__":
+    failures = []
+    for spec, x, alpha, geometry in cases(dtypes=(torch.float32, torch.bfloat16), alphas=(0.0, 1.5, 100.0)):
+        failures += [[spec, alpha.tolist(), *failure] for failure in parity_failures(CppPPool2dFunction, x, alpha, geometry)]
+    print(json.dumps({"module": load_extension().__name__, "failures": failures}, default=str))
