@@ -68,10 +68,12 @@ def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
     return sum(t.numel() * t.element_size() for t in unique.values())
 
 
-def op_table(device: torch.device, dtype: torch.dtype, shape, rounds: int) -> list[str]:
-    x = torch.rand(shape, device=device, dtype=dtype)
+def op_table(device: torch.device, dtype: torch.dtype, shape, rounds: int, channels_last: bool = False) -> list[str]:
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.rand(shape, device=device, dtype=dtype).contiguous(memory_format=layout)
     alpha = torch.tensor([1.5], device=device, requires_grad=True)
-    rows = [f"\n**{device.type.upper()} {str(dtype).removeprefix('torch.')}, input {tuple(shape)}**\n",
+    title = f"{device.type.upper()} {str(dtype).removeprefix('torch.')}{', channels-last' if channels_last else ''}"
+    rows = [f"\n**{title}, input {tuple(shape)}**\n",
             "| geometry | pooling | forward ms | x max | fwd+bwd ms | x max | kept for backward |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for geometry_name, (k, s, p) in GEOMETRIES.items():
@@ -153,6 +155,7 @@ def main() -> None:
     for device in devices:
         for dtype in (torch.float32, torch.bfloat16):
             print("\n".join(op_table(device, dtype, op_shape, rounds)))
+        print("\n".join(op_table(device, torch.float32, op_shape, rounds, channels_last=True)))
         batch, size = (1, 64) if args.quick else ((4, 128) if device.type == "cpu" else (16, 512))
         print("\n".join(model_table(device, batch, size, max(3, rounds // 3))))
 

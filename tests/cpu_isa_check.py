@@ -19,5 +19,10 @@ from lit_ppool.kernels.cpu import CppPPool2dFunction, load_extension  # noqa: E4
 if __name__ == "__main__":
     failures = []
     for spec, x, alpha, geometry in cases(dtypes=(torch.float32, torch.bfloat16), alphas=(0.0, 1.5, 100.0)):
-        failures += [[spec, alpha.tolist(), *failure] for failure in parity_failures(CppPPool2dFunction, x, alpha, geometry)]
+        for layout in (torch.contiguous_format, torch.channels_last):
+            x = x.contiguous(memory_format=layout)
+            failures += [
+                [spec, str(layout), alpha.tolist(), *failure]
+                for failure in parity_failures(CppPPool2dFunction, x, alpha, geometry)
+            ]
     print(json.dumps({"module": load_extension().__name__, "failures": failures}, default=str))

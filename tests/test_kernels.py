@@ -30,19 +30,23 @@ def test_cpu_kernel_builds_here():
 # ------------------------------------------------------------------------------ CPU parity
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
-def test_cpu_kernel_matches_reference(dtype):
+def test_cpu_kernel_matches_reference(dtype, layout):
     failures = []
     for spec, x, alpha, geometry in cases(dtypes=(dtype,), alphas=(0.0, 1e-3, 1.5, 100.0)):
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
         failures += [(spec, alpha.tolist(), *failure) for failure in parity_failures(CppPPool2dFunction, x, alpha, geometry)]
     assert not failures
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "wide"])
 def test_cpu_kernel_handles_layouts_and_widths(layout):
-    """Channels-last and non-contiguous inputs; widths that span several vector lanes and a tail."""
+    """Channels-last with more channels than vector lanes and a tail, non-contiguous inputs, and
+    widths that span several vector lanes and a tail."""
     if layout == "channels_last":
-        x = make_input((2, 5, 12, 12), torch.float32).contiguous(memory_format=torch.channels_last)
+        x = make_input((2, 37, 12, 12), torch.float32).contiguous(memory_format=torch.channels_last)
     elif layout == "sliced":
         x = make_input((2, 5, 12, 30), torch.float32)[..., 3:27:2]
     else:
@@ -50,16 +54,24 @@ def test_cpu_kernel_handles_layouts_and_widths(layout):
     for spec in [(2, 2, 0, 1, False), (3, 2, 1, 1, False)]:
         assert not parity_failures(CppPPool2dFunction, x, torch.tensor([2.0]), pool_geometry(*spec)), spec
     if layout == "channels_last":
+        per_channel = torch.linspace(0.0, 4.0, x.shape[1])
+        assert not parity_failures(CppPPool2dFunction, x, per_channel, pool_geometry(3, 2, 1))
+        x = x.detach().requires_grad_()
         out = CppPPool2dFunction.apply(x, torch.tensor([1.0]), pool_geometry(2), (6, 6))
+        out.sum().backward()
         assert out.is_contiguous(memory_format=torch.channels_last)
+        assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_cpu_kernel_special_values():
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_kernel_special_values(layout):
     """Zeros, subnormals, 1e4, negatives, NaN and padding-only windows behave as in the reference."""
     x = torch.zeros(1, 4, 6, 6)
     x[0, 1] = 1e-40  # subnormal
     x[0, 2] = torch.rand(6, 6) * 1e4
     x[0, 3] = torch.rand(6, 6) - 0.5
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
     for alpha in (0.0, 1e-3, 1.0, 100.0):
         for spec in [(2, 2, 0, 1, False), (3, 1, 1, 1, False), (2, 2, 1, 3, True)]:
             geometry = pool_geometry(*spec)

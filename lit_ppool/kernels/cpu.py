@@ -71,10 +71,17 @@ def _flat_geometry(geometry, out_size) -> list[int]:
     return [*kernel, *stride, *padding, *dilation, *out_size]
 
 
+def _kernel_layout(input: Tensor) -> Tensor:
+    """Channels-last inputs go to the channels-last kernel as they are; anything else is made NCHW-contiguous."""
+    return input if is_channels_last(input) else input.contiguous()
+
+
 class CppPPool2dFunction(torch.autograd.Function):
     """Autograd Function of the fused CPU path (float32, float16 and bfloat16 inputs).
 
     Saves the input, alpha and the log of the window maximum (one float32 value per output).
+    Channels-last inputs are computed in that layout (no copy), and so are the output and the
+    gradient.
     """
 
     @staticmethod
@@ -88,10 +95,10 @@ class CppPPool2dFunction(torch.autograd.Function):
                 f"holds {alpha_f32.min().item():g}. PPool2d keeps its alpha in [0, alpha_max]; clamp a tensor "
                 "alpha with alpha.clamp_min(0)."
             )
-        output, log_max = extension.forward(input.contiguous(), alpha_f32, flat, EPS)
+        output, log_max = extension.forward(_kernel_layout(input), alpha_f32, flat, EPS)
         ctx.save_for_backward(input, alpha, log_max)
         ctx.flat_geometry = flat
-        return output.contiguous(memory_format=torch.channels_last) if is_channels_last(input) else output
+        return output
 
     @staticmethod
     @once_differentiable
@@ -99,15 +106,13 @@ class CppPPool2dFunction(torch.autograd.Function):
         input, alpha, log_max = ctx.saved_tensors
         extension = load_extension()
         alpha_f32 = alpha.detach().to(torch.float32).contiguous()
-        grad_output = grad_output.to(input.dtype).contiguous()
-        grad_input, grad_planes = extension.backward(
-            input.contiguous(), alpha_f32, log_max, grad_output, ctx.flat_geometry, EPS
-        )
+        input = _kernel_layout(input)
+        layout = torch.channels_last if is_channels_last(input) else torch.contiguous_format
+        grad_output = grad_output.to(input.dtype).contiguous(memory_format=layout)
+        grad_input, grad_planes = extension.backward(input, alpha_f32, log_max, grad_output, ctx.flat_geometry, EPS)
         grad_alpha = None
         if ctx.needs_input_grad[1]:
             reduced = grad_planes.sum() if alpha.numel() == 1 else grad_planes.sum(dim=0)
             grad_alpha = reduced.reshape(alpha.shape).to(alpha.dtype)
-        if is_channels_last(input):
-            grad_input = grad_input.contiguous(memory_format=torch.channels_last)
         return grad_input if ctx.needs_input_grad[0] else None, grad_alpha, None, None
 

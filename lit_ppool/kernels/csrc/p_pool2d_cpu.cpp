@@ -1,6 +1,6 @@
-// Fused CPU P-pooling: forward and analytic backward, one pass over each (n, c) plane.
+// Fused CPU P-pooling: forward and analytic backward, for NCHW and channels-last inputs.
 //
-// Layout trick. Each plane is first copied into "split" buffers whose columns are grouped
+// NCHW: one task per (n, c) plane, V outputs of a row per vector. Layout trick. Each plane is first copied into "split" buffers whose columns are grouped
 // by their phase modulo the horizontal stride: padded column pc = t * sw + q is stored at
 // [row][q][t]. Window element (i, j) of outputs ow, ow + 1, ... then lies at consecutive t
 // (phase q = (j * dw) % sw, t = ow + (j * dw) / sw), so every window element is one
@@ -9,6 +9,13 @@
 // so the inner loops have no bounds checks and no per-element branches. Per position they
 // hold x (0 on padding), l = log(max(x, eps)) (kPad on padding) and, for backward,
 // r = 1 / x where x >= eps (else 0).
+//
+// Channels-last: one task per (n, group of channels), V channels of one pixel per vector.
+// The task walks the output rows in order and converts each padded input row it reads once
+// into a small ring of row buffers holding the same x, l and r, so the input is read as
+// contiguous stretches and every window element is again one vector load; alpha is a
+// vector (per channel or broadcast) and dL/dalpha accumulates per lane, i.e. per channel.
+// Backward accumulates dL/dx in the ring and writes a row out once no later window reads it.
 //
 // Numerics (as in lit_ppool.kernels.reference): weights u_i = exp(alpha * (l_i - lm)), lm =
 // the window maximum of l (at least log eps), so u is in (0, 1], the maximum weighs 1 and
@@ -26,6 +33,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -175,12 +185,12 @@ struct Geometry {
   }
 };
 
-// One plane in the split layout; `recips` is only filled (and allocated) for backward.
-struct SplitPlane {
+// x, l and r of one task's padded input; `recips` is only filled (and allocated) for backward.
+struct Buffers {
   std::vector<float> values, logs, recips, row;
 
-  SplitPlane(const Geometry& g, bool with_recips)
-      : values(g.split_size()), logs(g.split_size()), recips(with_recips ? g.split_size() : 0), row(g.width) {}
+  Buffers(int64_t size, bool with_recips, int64_t row_size = 0)
+      : values(size), logs(size), recips(with_recips ? size : 0), row(row_size) {}
 };
 
 // Phase q of one input row: out[t] = row[t * sw + q - pw] for t in [lo, hi).
@@ -202,7 +212,7 @@ inline void gather_phase(const float* row, const Geometry& g, int64_t q, int64_t
 
 // Copies input plane `src` into the split layout.
 template <typename scalar_t>
-void split_plane(const scalar_t* src, const Geometry& g, float eps, SplitPlane& s) {
+void split_plane(const scalar_t* src, const Geometry& g, float eps, Buffers& s) {
   const int64_t rs = g.row_stride();
   const bool with_recips = !s.recips.empty();
   const Vec veps(eps);
@@ -277,19 +287,82 @@ void load_row(const scalar_t* src, float* dst, int64_t n, int64_t n_padded, floa
 }
 
 // ---------------------------------------------------------------------------------------
-// Kernels.
+// The window math, shared by both layouts. `logs`, `values`, `recips` and `grad` point at the
+// window origin of V outputs; taps[k] is the offset of window element k from there.
 
 // Window maximum of the logs, at least log(eps); NaN propagates.
-inline Vec window_log_max(const Geometry& g, const float* logs, const Vec& log_eps) {
+inline Vec window_log_max(const std::vector<int64_t>& taps, const float* logs, const Vec& log_eps) {
   Vec lm(kPad);
-  for (const int64_t tap : g.taps) lm = at::vec::maximum(lm, Vec::loadu(logs + tap));
+  for (const int64_t tap : taps) lm = at::vec::maximum(lm, Vec::loadu(logs + tap));
   return at::vec::maximum(lm, log_eps);
 }
 
+// y = sum_i u_i x_i / sum_i u_i, u_i = exp(alpha_w (l_i - lm)).
+inline Vec window_output(const std::vector<int64_t>& taps, const float* logs, const float* values, const Vec& lm,
+                         const Vec& alpha_w) {
+  Vec total(0.0f), weighted(0.0f);
+  for (const int64_t tap : taps) {
+    const Vec u = exp_nonpositive(alpha_w * (Vec::loadu(logs + tap) - lm));
+    total = total + u;
+    weighted = at::vec::fmadd(u, Vec::loadu(values + tap), weighted);
+  }
+  // The maximum weighs 1, so total >= 1 except for a padding-only window (output 0).
+  return weighted / at::vec::maximum(total, Vec(1.0f));
+}
+
+// Backward of V outputs: adds dL/dx into `grad` and returns the dL/dalpha terms.
+// `masked` (with `live`): lanes that are not outputs add nothing (NCHW: lanes past the
+// output width, which may read real columns that no window covers, NaN included).
+template <bool masked>
+inline Vec window_backward(const std::vector<int64_t>& taps, const float* logs, const float* values,
+                           const float* recips, float* grad, float* weights, const Vec& lm, const Vec& grad_y,
+                           const Vec& alpha, const Vec& alpha_w, const Vec& live) {
+  const int64_t window_size = static_cast<int64_t>(taps.size());
+  Vec total(0.0f), weighted(0.0f);
+  for (int64_t k = 0; k < window_size; ++k) {
+    const Vec u = exp_nonpositive(alpha_w * (Vec::loadu(logs + taps[k]) - lm));
+    u.store(weights + k * V);
+    total = total + u;
+    weighted = at::vec::fmadd(u, Vec::loadu(values + taps[k]), weighted);
+  }
+  const Vec inv_total = Vec(1.0f) / at::vec::maximum(total, Vec(1.0f));
+  const Vec y = weighted * inv_total;
+  const Vec grad_scaled = grad_y * inv_total;  // dL/dy / sum(u)
+  Vec grad_alpha(0.0f);
+  for (int64_t k = 0; k < window_size; ++k) {
+    const int64_t tap = taps[k];
+    const Vec grad_w = grad_scaled * Vec::loadu(weights + k * V);  // dL/dy * w_i
+    const Vec centred = Vec::loadu(values + tap) - y;
+    const Vec log_ratio = Vec::loadu(logs + tap) - lm;
+    // dy/dalpha = sum_i w_i log(x~_i / m) (x_i - y); the log(m) part sums to 0.
+    Vec alpha_term = grad_w * log_ratio * centred;
+    // dy/dx_i = w_i (1 + alpha r_i (x_i - y)), r_i = 1 / x_i, or 0 below eps (locally constant weight).
+    Vec contribution = grad_w * at::vec::fmadd(alpha * Vec::loadu(recips + tap), centred, Vec(1.0f));
+    if (masked) {
+      alpha_term = Vec::blendv(Vec(0.0f), alpha_term, live);
+      contribution = Vec::blendv(Vec(0.0f), contribution, live);
+    }
+    grad_alpha = grad_alpha + alpha_term;
+    (Vec::loadu(grad + tap) + contribution).store(grad + tap);
+  }
+  return grad_alpha;
+}
+
+inline float lane_sum(const Vec& v) {
+  float lanes[V];
+  v.store(lanes);
+  float sum = 0.0f;
+  for (int64_t k = 0; k < V; ++k) sum += lanes[k];
+  return sum;
+}
+
+// ---------------------------------------------------------------------------------------
+// NCHW kernels.
+
 // The alpha of plane p: (alpha as given, alpha used in the weights).
-inline std::pair<float, float> plane_alpha(const float* alphas, bool per_channel, int64_t p, int64_t channels) {
+inline std::pair<Vec, Vec> plane_alpha(const float* alphas, bool per_channel, int64_t p, int64_t channels) {
   const float a = alphas[per_channel ? p % channels : 0];
-  return {a, a > kTinyAlpha ? a : kTinyAlpha};
+  return {Vec(a), Vec(a > kTinyAlpha ? a : kTinyAlpha)};
 }
 
 template <typename scalar_t>
@@ -306,79 +379,24 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& alpha, const Geom
   const int64_t out_plane = g.out_h * g.out_w;
 
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    SplitPlane s(g, /*with_recips=*/false);
+    Buffers s(g.split_size(), /*with_recips=*/false, g.width);
     std::vector<float> row(g.out_w_padded);
     const Vec log_eps(std::log(eps));
     for (int64_t p = begin; p < end; ++p) {
       split_plane(in + p * in_plane, g, eps, s);
-      const Vec a(plane_alpha(alphas, per_channel, p, channels).second);
+      const Vec a_w = plane_alpha(alphas, per_channel, p, channels).second;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         float* lmax_row = lmax + p * out_plane + oh * g.out_w;
         for (int64_t ow = 0; ow < g.out_w; ow += V) {
           const float* logs = s.logs.data() + g.origin(oh, ow);
-          const float* values = s.values.data() + g.origin(oh, ow);
-          const Vec lm = window_log_max(g, logs, log_eps);
-          Vec total(0.0f), weighted(0.0f);
-          for (const int64_t tap : g.taps) {
-            const Vec u = exp_nonpositive(a * (Vec::loadu(logs + tap) - lm));
-            total = total + u;
-            weighted = at::vec::fmadd(u, Vec::loadu(values + tap), weighted);
-          }
-          // The maximum weighs 1, so total >= 1 except for a padding-only window (output 0).
-          (weighted / at::vec::maximum(total, Vec(1.0f))).store(row.data() + ow);
+          const Vec lm = window_log_max(g.taps, logs, log_eps);
+          window_output(g.taps, logs, s.values.data() + g.origin(oh, ow), lm, a_w).store(row.data() + ow);
           lm.store(lmax_row + ow, std::min(V, g.out_w - ow));
         }
         store_row(row.data(), out + p * out_plane + oh * g.out_w, g.out_w);
       }
     }
   });
-}
-
-// Backward of V outputs (oh, ow ...): adds dL/dx into `grad` and returns the dL/dalpha terms.
-// `masked`: the last vector of a row, whose lanes past the output width must add nothing
-// (they may read real columns that no window covers, NaN included).
-template <bool masked>
-inline Vec backward_vector(const Geometry& g, const SplitPlane& s, float* grad, float* weights, int64_t oh,
-                           int64_t ow, const Vec& lm, const Vec& grad_y, float alpha, float alpha_w) {
-  const int64_t window_size = g.kh * g.kw;
-  const int64_t origin = g.origin(oh, ow);
-  const float* logs = s.logs.data() + origin;
-  const float* values = s.values.data() + origin;
-  const float* recips = s.recips.data() + origin;
-  grad += origin;
-  const Vec a_w(alpha_w);
-  Vec total(0.0f), weighted(0.0f);
-  for (int64_t k = 0; k < window_size; ++k) {
-    const int64_t tap = g.taps[k];
-    const Vec u = exp_nonpositive(a_w * (Vec::loadu(logs + tap) - lm));
-    u.store(weights + k * V);
-    total = total + u;
-    weighted = at::vec::fmadd(u, Vec::loadu(values + tap), weighted);
-  }
-  const Vec inv_total = Vec(1.0f) / at::vec::maximum(total, Vec(1.0f));
-  const Vec y = weighted * inv_total;
-  const Vec grad_scaled = grad_y * inv_total;  // dL/dy / sum(u)
-  const Vec a(alpha);
-  Vec live;
-  if (masked) live = Vec::set(Vec(0.0f), Vec(1.0f), g.out_w - ow) == Vec(1.0f);
-  Vec grad_alpha(0.0f);
-  for (int64_t k = 0; k < window_size; ++k) {
-    const int64_t tap = g.taps[k];
-    const Vec grad_w = grad_scaled * Vec::loadu(weights + k * V);  // dL/dy * w_i
-    const Vec centred = Vec::loadu(values + tap) - y;
-    const Vec log_ratio = Vec::loadu(logs + tap) - lm;
-    // dy/dalpha = sum_i w_i log(x~_i / m) (x_i - y); the log(m) part sums to 0.
-    Vec alpha_term = grad_w * log_ratio * centred;
-    // dy/dx_i = w_i (1 + alpha r_i (x_i - y)), r_i = 1 / x_i, or 0 below eps (locally constant weight).
-    Vec contribution = grad_w * at::vec::fmadd(a * Vec::loadu(recips + tap), centred, Vec(1.0f));
-    if (masked) {
-      alpha_term = Vec::blendv(Vec(0.0f), alpha_term, live);
-      contribution = Vec::blendv(Vec(0.0f), contribution, live);
-    }
-    grad_alpha = grad_alpha + alpha_term;
-    (Vec::loadu(grad + tap) + contribution).store(grad + tap);
-  }
-  return grad_alpha;
 }
 
 template <typename scalar_t>
@@ -398,8 +416,8 @@ void backward_kernel(const at::Tensor& input, const at::Tensor& alpha, const at:
   const int64_t out_plane = g.out_h * g.out_w;
 
   at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-    SplitPlane s(g, /*with_recips=*/true);
-    std::vector<float> grad(g.split_size()), weights(g.kh * g.kw * V), grow(g.out_w_padded),
+    Buffers s(g.split_size(), /*with_recips=*/true, g.width);
+    std::vector<float> grad(g.split_size()), weights(g.taps.size() * V), grow(g.out_w_padded),
         lrow(g.out_w_padded), in_row(g.width);
     for (int64_t p = begin; p < end; ++p) {
       split_plane(in + p * in_plane, g, eps, s);
@@ -409,23 +427,23 @@ void backward_kernel(const at::Tensor& input, const at::Tensor& alpha, const at:
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         load_row(gout + p * out_plane + oh * g.out_w, grow.data(), g.out_w, g.out_w_padded, 0.0f);
         load_row(lmax + p * out_plane + oh * g.out_w, lrow.data(), g.out_w, g.out_w_padded, kNoWindow);
-        int64_t ow = 0;
-        for (; ow + V <= g.out_w; ow += V) {
-          grad_alpha = grad_alpha + backward_vector<false>(g, s, grad.data(), weights.data(), oh, ow,
-                                                           Vec::loadu(lrow.data() + ow),
-                                                           Vec::loadu(grow.data() + ow), a, a_w);
-        }
-        if (ow < g.out_w) {
-          grad_alpha = grad_alpha + backward_vector<true>(g, s, grad.data(), weights.data(), oh, ow,
-                                                          Vec::loadu(lrow.data() + ow),
-                                                          Vec::loadu(grow.data() + ow), a, a_w);
+        for (int64_t ow = 0; ow < g.out_w; ow += V) {
+          const int64_t origin = g.origin(oh, ow);
+          const Vec lm = Vec::loadu(lrow.data() + ow);
+          const Vec grad_y = Vec::loadu(grow.data() + ow);
+          if (ow + V <= g.out_w) {
+            grad_alpha = grad_alpha + window_backward<false>(g.taps, s.logs.data() + origin, s.values.data() + origin,
+                                                             s.recips.data() + origin, grad.data() + origin,
+                                                             weights.data(), lm, grad_y, a, a_w, Vec());
+          } else {
+            const Vec live = Vec::set(Vec(0.0f), Vec(1.0f), g.out_w - ow) == Vec(1.0f);
+            grad_alpha = grad_alpha + window_backward<true>(g.taps, s.logs.data() + origin, s.values.data() + origin,
+                                                            s.recips.data() + origin, grad.data() + origin,
+                                                            weights.data(), lm, grad_y, a, a_w, live);
+          }
         }
       }
-      float lanes[V];
-      grad_alpha.store(lanes);
-      float plane_sum = 0.0f;
-      for (int64_t k = 0; k < V; ++k) plane_sum += lanes[k];
-      galpha[p] = plane_sum;
+      galpha[p] = lane_sum(grad_alpha);
       // Un-split: input row r sits at padded row r + ph; rows no window reads get 0.
       scalar_t* dst = gin + p * in_plane;
       for (int64_t r = 0; r < g.height; ++r) {
@@ -441,9 +459,248 @@ void backward_kernel(const at::Tensor& input, const at::Tensor& alpha, const at:
   });
 }
 
+// ---------------------------------------------------------------------------------------
+// Channels-last kernels.
+
+// `count` channels starting at `src`; lanes past them are 0.
+template <typename scalar_t>
+inline Vec load_lanes(const scalar_t* src, int64_t count) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return Vec::loadu(src, count);
+  } else {
+    float lanes[V] = {};
+    for (int64_t k = 0; k < count; ++k) lanes[k] = static_cast<float>(src[k]);
+    return Vec::loadu(lanes);
+  }
+}
+
+template <typename scalar_t>
+inline void store_lanes(const Vec& v, scalar_t* dst, int64_t count) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    v.store(dst, count);
+  } else {
+    float lanes[V];
+    v.store(lanes);
+    for (int64_t k = 0; k < count; ++k) dst[k] = static_cast<scalar_t>(lanes[k]);
+  }
+}
+
+// One task: image n, channels [c0, c1) (whole blocks of V but the last). It walks the output
+// rows in order and keeps the padded input rows they read in a ring of `slots` row buffers
+// [padded column][block][V], each filled once from a contiguous stretch of the input.
+struct RowRing {
+  int64_t c0, c1, blocks, cols, slots, row_size;
+  Buffers s;
+  std::vector<float> grad;          // backward: dL/dx accumulated per slot
+  std::vector<int64_t> slot_row;    // the padded row each slot holds, -1 for none
+  std::vector<int64_t> taps;        // of the current output row: offset of window element k
+
+  RowRing(const Geometry& g, int64_t c0, int64_t c1, bool backward)
+      : c0(c0), c1(c1), blocks((c1 - c0 + V - 1) / V),
+        cols((g.out_w - 1) * g.sw + (g.kw - 1) * g.dw + 1),
+        slots((g.kh - 1) * g.dh + 1),
+        row_size(cols * blocks * V),
+        s(slots * row_size, backward),
+        grad(backward ? slots * row_size : 0),
+        slot_row(slots, -1),
+        taps(g.kh * g.kw) {}
+
+  int64_t count(int64_t b) const { return std::min(V, c1 - c0 - b * V); }
+  // Offset, within a row buffer, of the window of output column ow, block b.
+  int64_t origin(const Geometry& g, int64_t ow, int64_t b) const { return (ow * g.sw * blocks + b) * V; }
+};
+
+// Converts padded row pr of the NHWC `image` into slot `slot`.
+template <typename scalar_t>
+void fill_row(const scalar_t* image, const Geometry& g, int64_t channels, float eps, int64_t pr, int64_t slot,
+              RowRing& ring) {
+  const bool with_recips = !ring.s.recips.empty();
+  const Vec veps(eps);
+  const int64_t r = pr - g.ph;
+  for (int64_t pc = 0; pc < ring.cols; ++pc) {
+    const int64_t col = pc - g.pw;
+    const bool inside = r >= 0 && r < g.height && col >= 0 && col < g.width;
+    const scalar_t* src = inside ? image + (r * g.width + col) * channels + ring.c0 : nullptr;
+    for (int64_t b = 0; b < ring.blocks; ++b) {
+      const int64_t at = slot * ring.row_size + (pc * ring.blocks + b) * V;
+      if (!inside) {
+        Vec(0.0f).store(ring.s.values.data() + at);
+        Vec(kPad).store(ring.s.logs.data() + at);
+        if (with_recips) Vec(0.0f).store(ring.s.recips.data() + at);
+        continue;
+      }
+      const Vec x = load_lanes(src + b * V, ring.count(b));
+      x.store(ring.s.values.data() + at);
+      log_floored(x, veps).store(ring.s.logs.data() + at);
+      if (with_recips) Vec::blendv(Vec(0.0f), reciprocal(x), x >= veps).store(ring.s.recips.data() + at);
+    }
+  }
+  ring.slot_row[slot] = pr;
+}
+
+// Writes the gradient accumulated in `slot` to its input row (if it is one) and clears it.
+template <typename scalar_t>
+void flush_row(const Geometry& g, int64_t channels, int64_t slot, RowRing& ring, scalar_t* grad_image,
+               std::vector<bool>& written) {
+  const int64_t r = ring.slot_row[slot] - g.ph;
+  float* grad = ring.grad.data() + slot * ring.row_size;
+  if (r >= 0 && r < g.height) {
+    for (int64_t col = 0; col < g.width; ++col) {
+      const int64_t pc = col + g.pw;
+      scalar_t* dst = grad_image + (r * g.width + col) * channels + ring.c0;
+      for (int64_t b = 0; b < ring.blocks; ++b) {
+        const Vec v = pc < ring.cols ? Vec::loadu(grad + (pc * ring.blocks + b) * V) : Vec(0.0f);
+        store_lanes(v, dst + b * V, ring.count(b));
+      }
+    }
+    written[r] = true;
+  }
+  std::fill(grad, grad + ring.row_size, 0.0f);
+  ring.slot_row[slot] = -1;
+}
+
+// Makes the ring hold the rows that output row oh reads (evicting, and in backward flushing,
+// rows no later output reads) and sets the taps.
+template <typename scalar_t>
+void prepare_rows(const scalar_t* image, const Geometry& g, int64_t channels, float eps, int64_t oh, RowRing& ring,
+                  scalar_t* grad_image, std::vector<bool>& written) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t pr = oh * g.sh + i * g.dh, slot = pr % ring.slots;
+    if (ring.slot_row[slot] != pr) {
+      if (grad_image != nullptr && ring.slot_row[slot] >= 0) flush_row(g, channels, slot, ring, grad_image, written);
+      fill_row(image, g, channels, eps, pr, slot, ring);
+    }
+    for (int64_t j = 0; j < g.kw; ++j) ring.taps[i * g.kw + j] = slot * ring.row_size + j * g.dw * ring.blocks * V;
+  }
+}
+
+// Splits (image, channel block) work into N * groups tasks, enough to keep the threads busy.
+inline int64_t channel_groups(int64_t batch, int64_t channels) {
+  const int64_t blocks = (channels + V - 1) / V;
+  const int64_t wanted = (2 * at::get_num_threads() + batch - 1) / batch;
+  return std::max<int64_t>(1, std::min(blocks, wanted));
+}
+
+inline std::pair<int64_t, int64_t> group_channels(int64_t group, int64_t groups, int64_t channels) {
+  const int64_t blocks = (channels + V - 1) / V;
+  return {group * blocks / groups * V, std::min(channels, (group + 1) * blocks / groups * V)};
+}
+
+// alpha of block b of the ring as given and as used in the weights.
+inline std::pair<Vec, Vec> block_alpha(const float* alphas, bool per_channel, const RowRing& ring, int64_t b) {
+  const Vec a = per_channel ? Vec::loadu(alphas + ring.c0 + b * V, ring.count(b)) : Vec(alphas[0]);
+  return {a, at::vec::maximum(a, Vec(kTinyAlpha))};
+}
+
+template <typename scalar_t>
+void forward_channels_last(const at::Tensor& input, const at::Tensor& alpha, const Geometry& g, float eps,
+                           at::Tensor& output, at::Tensor& log_max) {
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int64_t groups = channel_groups(batch, channels);
+  const scalar_t* in = input.data_ptr<scalar_t>();
+  const float* alphas = alpha.data_ptr<float>();
+  const bool per_channel = alpha.numel() > 1;
+  scalar_t* out = output.data_ptr<scalar_t>();
+  float* lmax = log_max.data_ptr<float>();
+
+  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+    const Vec log_eps(std::log(eps));
+    std::vector<bool> unused;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups;
+      const auto [c0, c1] = group_channels(task % groups, groups, channels);
+      RowRing ring(g, c0, c1, /*backward=*/false);
+      const scalar_t* image = in + n * g.height * g.width * channels;
+      std::vector<Vec> a_w(ring.blocks);
+      for (int64_t b = 0; b < ring.blocks; ++b) a_w[b] = block_alpha(alphas, per_channel, ring, b).second;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        prepare_rows<scalar_t>(image, g, channels, eps, oh, ring, nullptr, unused);
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          for (int64_t b = 0; b < ring.blocks; ++b) {
+            const int64_t origin = ring.origin(g, ow, b);
+            const float* logs = ring.s.logs.data() + origin;
+            const Vec lm = window_log_max(ring.taps, logs, log_eps);
+            const Vec y = window_output(ring.taps, logs, ring.s.values.data() + origin, lm, a_w[b]);
+            const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * channels + c0 + b * V;
+            store_lanes(y, out + at, ring.count(b));
+            lm.store(lmax + at, ring.count(b));
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_channels_last(const at::Tensor& input, const at::Tensor& alpha, const at::Tensor& log_max,
+                            const at::Tensor& grad_output, const Geometry& g, float eps, at::Tensor& grad_input,
+                            at::Tensor& grad_alpha_planes) {
+  const int64_t batch = input.size(0), channels = input.size(1);
+  const int64_t groups = channel_groups(batch, channels);
+  const scalar_t* in = input.data_ptr<scalar_t>();
+  const scalar_t* gout = grad_output.data_ptr<scalar_t>();
+  const float* alphas = alpha.data_ptr<float>();
+  const bool per_channel = alpha.numel() > 1;
+  const float* lmax = log_max.data_ptr<float>();
+  scalar_t* gin = grad_input.data_ptr<scalar_t>();
+  float* galpha = grad_alpha_planes.data_ptr<float>();
+
+  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> weights(g.kh * g.kw * V);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups;
+      const auto [c0, c1] = group_channels(task % groups, groups, channels);
+      RowRing ring(g, c0, c1, /*backward=*/true);
+      const scalar_t* image = in + n * g.height * g.width * channels;
+      scalar_t* grad_image = gin + n * g.height * g.width * channels;
+      std::vector<bool> written(g.height, false);
+      std::vector<Vec> a(ring.blocks), a_w(ring.blocks), grad_alpha(ring.blocks, Vec(0.0f));
+      for (int64_t b = 0; b < ring.blocks; ++b) std::tie(a[b], a_w[b]) = block_alpha(alphas, per_channel, ring, b);
+      // Lanes past the channels hold x = 0, lm = 0 and dL/dy = 0: they add exactly 0.
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        prepare_rows(image, g, channels, eps, oh, ring, grad_image, written);
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          for (int64_t b = 0; b < ring.blocks; ++b) {
+            const int64_t origin = ring.origin(g, ow, b);
+            const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * channels + c0 + b * V;
+            grad_alpha[b] = grad_alpha[b] + window_backward<false>(
+                ring.taps, ring.s.logs.data() + origin, ring.s.values.data() + origin,
+                ring.s.recips.data() + origin, ring.grad.data() + origin, weights.data(),
+                Vec::loadu(lmax + at, ring.count(b)), load_lanes(gout + at, ring.count(b)), a[b], a_w[b], Vec());
+          }
+        }
+      }
+      for (int64_t slot = 0; slot < ring.slots; ++slot) {
+        if (ring.slot_row[slot] >= 0) flush_row(g, channels, slot, ring, grad_image, written);
+      }
+      // Rows that no window reads get 0.
+      for (int64_t r = 0; r < g.height; ++r) {
+        if (written[r]) continue;
+        for (int64_t col = 0; col < g.width; ++col) {
+          scalar_t* dst = grad_image + (r * g.width + col) * channels;
+          std::fill(dst + c0, dst + c1, static_cast<scalar_t>(0.0f));
+        }
+      }
+      for (int64_t b = 0; b < ring.blocks; ++b) {
+        float lanes[V];
+        grad_alpha[b].store(lanes);
+        std::copy(lanes, lanes + ring.count(b), galpha + n * channels + c0 + b * V);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry points.
+
+// NHWC in memory (and not also NCHW-contiguous): the channels-last kernels.
+bool is_channels_last(const at::Tensor& t) {
+  return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 void check_args(const at::Tensor& input, const at::Tensor& alpha) {
-  TORCH_CHECK(input.device().is_cpu() && input.dim() == 4 && input.is_contiguous(),
-              "p_pool2d_cpu: expected a contiguous 4-d CPU input");
+  TORCH_CHECK(input.device().is_cpu() && input.dim() == 4 && (input.is_contiguous() || is_channels_last(input)),
+              "p_pool2d_cpu: expected a 4-d CPU input, contiguous or channels-last");
   TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.is_contiguous() &&
                   (alpha.numel() == 1 || alpha.numel() == input.size(1)),
               "p_pool2d_cpu: expected a contiguous float32 alpha with 1 or C values");
@@ -460,10 +717,17 @@ std::vector<at::Tensor> p_pool2d_forward(const at::Tensor& input, const at::Tens
                                          std::vector<int64_t> geometry, double eps) {
   check_args(input, alpha);
   const Geometry g(geometry, input.size(2), input.size(3));
-  auto output = at::empty({input.size(0), input.size(1), g.out_h, g.out_w}, input.options());
-  auto log_max = at::empty({input.size(0), input.size(1), g.out_h, g.out_w}, input.options().dtype(at::kFloat));
+  const bool channels_last = is_channels_last(input);
+  const auto layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  auto output = at::empty({input.size(0), input.size(1), g.out_h, g.out_w}, input.options().memory_format(layout));
+  auto log_max = at::empty({input.size(0), input.size(1), g.out_h, g.out_w},
+                           input.options().dtype(at::kFloat).memory_format(layout));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_forward", [&] {
-    forward_kernel<scalar_t>(input, alpha, g, static_cast<float>(eps), output, log_max);
+    if (channels_last) {
+      forward_channels_last<scalar_t>(input, alpha, g, static_cast<float>(eps), output, log_max);
+    } else {
+      forward_kernel<scalar_t>(input, alpha, g, static_cast<float>(eps), output, log_max);
+    }
   });
   return {output, log_max};
 }
@@ -472,14 +736,22 @@ std::vector<at::Tensor> p_pool2d_backward(const at::Tensor& input, const at::Ten
                                           const at::Tensor& log_max, const at::Tensor& grad_output,
                                           std::vector<int64_t> geometry, double eps) {
   check_args(input, alpha);
-  TORCH_CHECK(grad_output.is_contiguous() && grad_output.scalar_type() == input.scalar_type(),
-              "p_pool2d_cpu: expected a contiguous grad_output in the input dtype");
+  const bool channels_last = is_channels_last(input);
+  const auto layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  TORCH_CHECK(grad_output.is_contiguous(layout) && grad_output.scalar_type() == input.scalar_type(),
+              "p_pool2d_cpu: expected grad_output in the input's dtype and layout");
   const Geometry g(geometry, input.size(2), input.size(3));
-  auto grad_input = at::empty_like(input);
+  auto grad_input = at::empty_like(input, layout);
   auto grad_alpha_planes = at::empty({input.size(0), input.size(1)}, input.options().dtype(at::kFloat));
+  const at::Tensor lmax = log_max.contiguous(layout);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_backward", [&] {
-    backward_kernel<scalar_t>(input, alpha, log_max.contiguous(), grad_output, g, static_cast<float>(eps),
-                              grad_input, grad_alpha_planes);
+    if (channels_last) {
+      backward_channels_last<scalar_t>(input, alpha, lmax, grad_output, g, static_cast<float>(eps), grad_input,
+                                       grad_alpha_planes);
+    } else {
+      backward_kernel<scalar_t>(input, alpha, lmax, grad_output, g, static_cast<float>(eps), grad_input,
+                                grad_alpha_planes);
+    }
   });
   return {grad_input, grad_alpha_planes};
 }

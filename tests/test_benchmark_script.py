@@ -1,0 +1,30 @@
+"""The README's benchmark command runs from a checkout and prints every table (smoke run, no timings checked)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_benchmark_quick_run_prints_all_tables():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--rounds", "1"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    titles = re.findall(r"^\*\*(.+?)\*\*$", result.stdout, flags=re.M)
+    assert titles == [
+        "CPU float32, input (2, 8, 32, 32)",
+        "CPU bfloat16, input (2, 8, 32, 32)",
+        "CPU float32, channels-last, input (2, 8, 32, 32)",
+        "One training step of smp.Unet, CPU float32, batch 1x3x64x64, 21 classes",
+    ]
+    # Every pooling of every geometry has a row, and ours keeps less for backward than max pooling.
+    ours = re.findall(r"^\| .+ \| lit_ppool p_pool2d \| .* \| ([\d.]+) MiB \|$", result.stdout, flags=re.M)
+    max_pool = re.findall(r"^\| .+ \| F\.max_pool2d \| .* \| ([\d.]+) MiB \|$", result.stdout, flags=re.M)
+    assert len(ours) == len(max_pool) == 6
+    assert all(float(a) <= float(b) for a, b in zip(ours, max_pool))
+    assert re.search(r"^\| resnet34 \| 1 \|", result.stdout, flags=re.M)
+    assert re.search(r"^\| vgg16 \| 5 \|", result.stdout, flags=re.M)
