@@ -1,10 +1,11 @@
 // Fused CPU P-pooling: forward and analytic backward, for NCHW and channels-last inputs.
 //
-// NCHW: one task per (n, c) plane, V outputs of a row per vector. Layout trick. Each plane is first copied into "split" buffers whose columns are grouped
-// by their phase modulo the horizontal stride: padded column pc = t * sw + q is stored at
-// [row][q][t]. Window element (i, j) of outputs ow, ow + 1, ... then lies at consecutive t
-// (phase q = (j * dw) % sw, t = ow + (j * dw) / sw), so every window element is one
-// contiguous vector load for V outputs at once, for any stride and dilation. The buffers
+// NCHW: one task per (n, c) plane, V outputs of a row per vector. Each plane is first copied
+// into "split" buffers whose columns are grouped by their phase modulo the horizontal
+// stride: padded column pc = t * sw + q is stored at [row][q][t]. Window element (i, j) of
+// outputs ow, ow + 1, ... then lies at consecutive t (phase q = (j * dw) % sw,
+// t = ow + (j * dw) / sw), so every window element is one contiguous vector load for V
+// outputs at once, for any stride and dilation. The buffers
 // also hold the padding and the tail that rounds the output width up to a multiple of V,
 // so the inner loops have no bounds checks and no per-element branches. Per position they
 // hold x (0 on padding), l = log(max(x, eps)) (kPad on padding) and, for backward,
@@ -22,8 +23,8 @@
 // nothing overflows; padded positions weigh 0; NaN propagates. exp and log are inlined
 // polynomial approximations (within 1 ulp of float32), not calls into Sleef: they are most
 // of the arithmetic. Forward saves lm (one float per output) for backward. Backward
-// recomputes the weights and accumulates dL/dx into a per-plane buffer window by window in
-// a fixed order (deterministic, no atomics), and dL/dalpha per plane.
+// recomputes the weights and accumulates dL/dx into the task's buffers window by window in
+// a fixed order (deterministic, no atomics), and dL/dalpha per (n, c).
 
 #include <torch/extension.h>
 
