@@ -357,6 +357,41 @@ inline float lane_sum(const Vec& v) {
   return sum;
 }
 
+// The tensors of one call, as sizes and raw pointers.
+template <typename scalar_t>
+struct ForwardData {
+  int64_t batch, channels;
+  const scalar_t* in;
+  const float* alphas;
+  bool per_channel;
+  scalar_t* out;
+  float* lmax;
+
+  ForwardData(const at::Tensor& input, const at::Tensor& alpha, at::Tensor& output, at::Tensor& log_max)
+      : batch(input.size(0)), channels(input.size(1)), in(input.data_ptr<scalar_t>()),
+        alphas(alpha.data_ptr<float>()), per_channel(alpha.numel() > 1), out(output.data_ptr<scalar_t>()),
+        lmax(log_max.data_ptr<float>()) {}
+};
+
+template <typename scalar_t>
+struct BackwardData {
+  int64_t batch, channels;
+  const scalar_t* in;
+  const scalar_t* gout;
+  const float* alphas;
+  bool per_channel;
+  const float* lmax;
+  scalar_t* gin;
+  float* galpha;
+
+  BackwardData(const at::Tensor& input, const at::Tensor& alpha, const at::Tensor& log_max,
+               const at::Tensor& grad_output, at::Tensor& grad_input, at::Tensor& grad_alpha_planes)
+      : batch(input.size(0)), channels(input.size(1)), in(input.data_ptr<scalar_t>()),
+        gout(grad_output.data_ptr<scalar_t>()), alphas(alpha.data_ptr<float>()), per_channel(alpha.numel() > 1),
+        lmax(log_max.data_ptr<float>()), gin(grad_input.data_ptr<scalar_t>()),
+        galpha(grad_alpha_planes.data_ptr<float>()) {}
+};
+
 // ---------------------------------------------------------------------------------------
 // NCHW kernels.
 
@@ -367,15 +402,8 @@ inline std::pair<Vec, Vec> plane_alpha(const float* alphas, bool per_channel, in
 }
 
 template <typename scalar_t>
-void forward_kernel(const at::Tensor& input, const at::Tensor& alpha, const Geometry& g, float eps,
-                    at::Tensor& output, at::Tensor& log_max) {
-  const int64_t channels = input.size(1);
-  const int64_t planes = input.size(0) * channels;
-  const scalar_t* in = input.data_ptr<scalar_t>();
-  const float* alphas = alpha.data_ptr<float>();
-  const bool per_channel = alpha.numel() > 1;
-  scalar_t* out = output.data_ptr<scalar_t>();
-  float* lmax = log_max.data_ptr<float>();
+void forward_kernel(const ForwardData<scalar_t>& d, const Geometry& g, float eps) {
+  const int64_t planes = d.batch * d.channels;
   const int64_t in_plane = g.height * g.width;
   const int64_t out_plane = g.out_h * g.out_w;
 
@@ -384,35 +412,25 @@ void forward_kernel(const at::Tensor& input, const at::Tensor& alpha, const Geom
     std::vector<float> row(g.out_w_padded);
     const Vec log_eps(std::log(eps));
     for (int64_t p = begin; p < end; ++p) {
-      split_plane(in + p * in_plane, g, eps, s);
-      const Vec a_w = plane_alpha(alphas, per_channel, p, channels).second;
+      split_plane(d.in + p * in_plane, g, eps, s);
+      const Vec a_w = plane_alpha(d.alphas, d.per_channel, p, d.channels).second;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        float* lmax_row = lmax + p * out_plane + oh * g.out_w;
+        float* lmax_row = d.lmax + p * out_plane + oh * g.out_w;
         for (int64_t ow = 0; ow < g.out_w; ow += V) {
           const float* logs = s.logs.data() + g.origin(oh, ow);
           const Vec lm = window_log_max(g.taps, logs, log_eps);
           window_output(g.taps, logs, s.values.data() + g.origin(oh, ow), lm, a_w).store(row.data() + ow);
           lm.store(lmax_row + ow, std::min(V, g.out_w - ow));
         }
-        store_row(row.data(), out + p * out_plane + oh * g.out_w, g.out_w);
+        store_row(row.data(), d.out + p * out_plane + oh * g.out_w, g.out_w);
       }
     }
   });
 }
 
 template <typename scalar_t>
-void backward_kernel(const at::Tensor& input, const at::Tensor& alpha, const at::Tensor& log_max,
-                     const at::Tensor& grad_output, const Geometry& g, float eps, at::Tensor& grad_input,
-                     at::Tensor& grad_alpha_planes) {
-  const int64_t channels = input.size(1);
-  const int64_t planes = input.size(0) * channels;
-  const scalar_t* in = input.data_ptr<scalar_t>();
-  const scalar_t* gout = grad_output.data_ptr<scalar_t>();
-  const float* alphas = alpha.data_ptr<float>();
-  const bool per_channel = alpha.numel() > 1;
-  const float* lmax = log_max.data_ptr<float>();
-  scalar_t* gin = grad_input.data_ptr<scalar_t>();
-  float* galpha = grad_alpha_planes.data_ptr<float>();
+void backward_kernel(const BackwardData<scalar_t>& d, const Geometry& g, float eps) {
+  const int64_t planes = d.batch * d.channels;
   const int64_t in_plane = g.height * g.width;
   const int64_t out_plane = g.out_h * g.out_w;
 
@@ -421,13 +439,13 @@ void backward_kernel(const at::Tensor& input, const at::Tensor& alpha, const at:
     std::vector<float> grad(g.split_size()), weights(g.taps.size() * V), grow(g.out_w_padded),
         lrow(g.out_w_padded), in_row(g.width);
     for (int64_t p = begin; p < end; ++p) {
-      split_plane(in + p * in_plane, g, eps, s);
+      split_plane(d.in + p * in_plane, g, eps, s);
       std::fill(grad.begin(), grad.end(), 0.0f);
-      const auto [a, a_w] = plane_alpha(alphas, per_channel, p, channels);
+      const auto [a, a_w] = plane_alpha(d.alphas, d.per_channel, p, d.channels);
       Vec grad_alpha(0.0f);
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        load_row(gout + p * out_plane + oh * g.out_w, grow.data(), g.out_w, g.out_w_padded, 0.0f);
-        load_row(lmax + p * out_plane + oh * g.out_w, lrow.data(), g.out_w, g.out_w_padded, kNoWindow);
+        load_row(d.gout + p * out_plane + oh * g.out_w, grow.data(), g.out_w, g.out_w_padded, 0.0f);
+        load_row(d.lmax + p * out_plane + oh * g.out_w, lrow.data(), g.out_w, g.out_w_padded, kNoWindow);
         for (int64_t ow = 0; ow < g.out_w; ow += V) {
           const int64_t origin = g.origin(oh, ow);
           const Vec lm = Vec::loadu(lrow.data() + ow);
@@ -444,9 +462,9 @@ void backward_kernel(const at::Tensor& input, const at::Tensor& alpha, const at:
           }
         }
       }
-      galpha[p] = lane_sum(grad_alpha);
+      d.galpha[p] = lane_sum(grad_alpha);
       // Un-split: input row r sits at padded row r + ph; rows no window reads get 0.
-      scalar_t* dst = gin + p * in_plane;
+      scalar_t* dst = d.gin + p * in_plane;
       for (int64_t r = 0; r < g.height; ++r) {
         const int64_t pr = r + g.ph;
         if (pr < g.rows) {
@@ -594,37 +612,30 @@ inline std::pair<Vec, Vec> block_alpha(const float* alphas, bool per_channel, co
 }
 
 template <typename scalar_t>
-void forward_channels_last(const at::Tensor& input, const at::Tensor& alpha, const Geometry& g, float eps,
-                           at::Tensor& output, at::Tensor& log_max) {
-  const int64_t batch = input.size(0), channels = input.size(1);
-  const int64_t groups = channel_groups(batch, channels);
-  const scalar_t* in = input.data_ptr<scalar_t>();
-  const float* alphas = alpha.data_ptr<float>();
-  const bool per_channel = alpha.numel() > 1;
-  scalar_t* out = output.data_ptr<scalar_t>();
-  float* lmax = log_max.data_ptr<float>();
+void forward_channels_last(const ForwardData<scalar_t>& d, const Geometry& g, float eps) {
+  const int64_t groups = channel_groups(d.batch, d.channels);
 
-  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d.batch * groups, 1, [&](int64_t begin, int64_t end) {
     const Vec log_eps(std::log(eps));
     std::vector<bool> unused;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups;
-      const auto [c0, c1] = group_channels(task % groups, groups, channels);
+      const auto [c0, c1] = group_channels(task % groups, groups, d.channels);
       RowRing ring(g, c0, c1, /*backward=*/false);
-      const scalar_t* image = in + n * g.height * g.width * channels;
+      const scalar_t* image = d.in + n * g.height * g.width * d.channels;
       std::vector<Vec> a_w(ring.blocks);
-      for (int64_t b = 0; b < ring.blocks; ++b) a_w[b] = block_alpha(alphas, per_channel, ring, b).second;
+      for (int64_t b = 0; b < ring.blocks; ++b) a_w[b] = block_alpha(d.alphas, d.per_channel, ring, b).second;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        prepare_rows<scalar_t>(image, g, channels, eps, oh, ring, nullptr, unused);
+        prepare_rows<scalar_t>(image, g, d.channels, eps, oh, ring, nullptr, unused);
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
           for (int64_t b = 0; b < ring.blocks; ++b) {
             const int64_t origin = ring.origin(g, ow, b);
             const float* logs = ring.s.logs.data() + origin;
             const Vec lm = window_log_max(ring.taps, logs, log_eps);
             const Vec y = window_output(ring.taps, logs, ring.s.values.data() + origin, lm, a_w[b]);
-            const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * channels + c0 + b * V;
-            store_lanes(y, out + at, ring.count(b));
-            lm.store(lmax + at, ring.count(b));
+            const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * d.channels + c0 + b * V;
+            store_lanes(y, d.out + at, ring.count(b));
+            lm.store(d.lmax + at, ring.count(b));
           }
         }
       }
@@ -633,59 +644,49 @@ void forward_channels_last(const at::Tensor& input, const at::Tensor& alpha, con
 }
 
 template <typename scalar_t>
-void backward_channels_last(const at::Tensor& input, const at::Tensor& alpha, const at::Tensor& log_max,
-                            const at::Tensor& grad_output, const Geometry& g, float eps, at::Tensor& grad_input,
-                            at::Tensor& grad_alpha_planes) {
-  const int64_t batch = input.size(0), channels = input.size(1);
-  const int64_t groups = channel_groups(batch, channels);
-  const scalar_t* in = input.data_ptr<scalar_t>();
-  const scalar_t* gout = grad_output.data_ptr<scalar_t>();
-  const float* alphas = alpha.data_ptr<float>();
-  const bool per_channel = alpha.numel() > 1;
-  const float* lmax = log_max.data_ptr<float>();
-  scalar_t* gin = grad_input.data_ptr<scalar_t>();
-  float* galpha = grad_alpha_planes.data_ptr<float>();
+void backward_channels_last(const BackwardData<scalar_t>& d, const Geometry& g, float eps) {
+  const int64_t groups = channel_groups(d.batch, d.channels);
 
-  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d.batch * groups, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> weights(g.kh * g.kw * V);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups;
-      const auto [c0, c1] = group_channels(task % groups, groups, channels);
+      const auto [c0, c1] = group_channels(task % groups, groups, d.channels);
       RowRing ring(g, c0, c1, /*backward=*/true);
-      const scalar_t* image = in + n * g.height * g.width * channels;
-      scalar_t* grad_image = gin + n * g.height * g.width * channels;
+      const scalar_t* image = d.in + n * g.height * g.width * d.channels;
+      scalar_t* grad_image = d.gin + n * g.height * g.width * d.channels;
       std::vector<bool> written(g.height, false);
       std::vector<Vec> a(ring.blocks), a_w(ring.blocks), grad_alpha(ring.blocks, Vec(0.0f));
-      for (int64_t b = 0; b < ring.blocks; ++b) std::tie(a[b], a_w[b]) = block_alpha(alphas, per_channel, ring, b);
+      for (int64_t b = 0; b < ring.blocks; ++b) std::tie(a[b], a_w[b]) = block_alpha(d.alphas, d.per_channel, ring, b);
       // Lanes past the channels hold x = 0, lm = 0 and dL/dy = 0: they add exactly 0.
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        prepare_rows(image, g, channels, eps, oh, ring, grad_image, written);
+        prepare_rows(image, g, d.channels, eps, oh, ring, grad_image, written);
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
           for (int64_t b = 0; b < ring.blocks; ++b) {
             const int64_t origin = ring.origin(g, ow, b);
-            const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * channels + c0 + b * V;
+            const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * d.channels + c0 + b * V;
             grad_alpha[b] = grad_alpha[b] + window_backward<false>(
                 ring.taps, ring.s.logs.data() + origin, ring.s.values.data() + origin,
                 ring.s.recips.data() + origin, ring.grad.data() + origin, weights.data(),
-                Vec::loadu(lmax + at, ring.count(b)), load_lanes(gout + at, ring.count(b)), a[b], a_w[b], Vec());
+                Vec::loadu(d.lmax + at, ring.count(b)), load_lanes(d.gout + at, ring.count(b)), a[b], a_w[b], Vec());
           }
         }
       }
       for (int64_t slot = 0; slot < ring.slots; ++slot) {
-        if (ring.slot_row[slot] >= 0) flush_row(g, channels, slot, ring, grad_image, written);
+        if (ring.slot_row[slot] >= 0) flush_row(g, d.channels, slot, ring, grad_image, written);
       }
       // Rows that no window reads get 0.
       for (int64_t r = 0; r < g.height; ++r) {
         if (written[r]) continue;
         for (int64_t col = 0; col < g.width; ++col) {
-          scalar_t* dst = grad_image + (r * g.width + col) * channels;
+          scalar_t* dst = grad_image + (r * g.width + col) * d.channels;
           std::fill(dst + c0, dst + c1, static_cast<scalar_t>(0.0f));
         }
       }
       for (int64_t b = 0; b < ring.blocks; ++b) {
         float lanes[V];
         grad_alpha[b].store(lanes);
-        std::copy(lanes, lanes + ring.count(b), galpha + n * channels + c0 + b * V);
+        std::copy(lanes, lanes + ring.count(b), d.galpha + n * d.channels + c0 + b * V);
       }
     }
   });
@@ -724,10 +725,11 @@ std::vector<at::Tensor> p_pool2d_forward(const at::Tensor& input, const at::Tens
   auto log_max = at::empty({input.size(0), input.size(1), g.out_h, g.out_w},
                            input.options().dtype(at::kFloat).memory_format(layout));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_forward", [&] {
+    const ForwardData<scalar_t> data(input, alpha, output, log_max);
     if (channels_last) {
-      forward_channels_last<scalar_t>(input, alpha, g, static_cast<float>(eps), output, log_max);
+      forward_channels_last(data, g, static_cast<float>(eps));
     } else {
-      forward_kernel<scalar_t>(input, alpha, g, static_cast<float>(eps), output, log_max);
+      forward_kernel(data, g, static_cast<float>(eps));
     }
   });
   return {output, log_max};
@@ -746,12 +748,11 @@ std::vector<at::Tensor> p_pool2d_backward(const at::Tensor& input, const at::Ten
   auto grad_alpha_planes = at::empty({input.size(0), input.size(1)}, input.options().dtype(at::kFloat));
   const at::Tensor lmax = log_max.contiguous(layout);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_backward", [&] {
+    const BackwardData<scalar_t> data(input, alpha, lmax, grad_output, grad_input, grad_alpha_planes);
     if (channels_last) {
-      backward_channels_last<scalar_t>(input, alpha, lmax, grad_output, g, static_cast<float>(eps), grad_input,
-                                       grad_alpha_planes);
+      backward_channels_last(data, g, static_cast<float>(eps));
     } else {
-      backward_kernel<scalar_t>(input, alpha, lmax, grad_output, g, static_cast<float>(eps), grad_input,
-                                grad_alpha_planes);
+      backward_kernel(data, g, static_cast<float>(eps));
     }
   });
   return {grad_input, grad_alpha_planes};
