@@ -39,7 +39,7 @@ Implementations (:mod:`lit_ppool.kernels.dispatch`): a fused C++ kernel for floa
 float16 and bfloat16 on CPU, Triton kernels on CUDA, and the exact reference path (plain
 torch ops) for float64, under ``torch.compile``/``torch.jit`` tracing, or when forced with
 ``LIT_PPOOL_BACKEND=reference`` / :func:`lit_ppool.kernels.set_backend`. All follow the
-rules above and are tested against each other.
+rules above and are tested against the reference path run in float64.
 """
 
 from __future__ import annotations

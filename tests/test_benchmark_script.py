@@ -21,10 +21,10 @@ def test_benchmark_quick_run_prints_all_tables():
         "CPU float32, channels-last, input (2, 8, 32, 32)",
         "One training step of smp.Unet, CPU float32, batch 1x3x64x64, 21 classes",
     ]
-    # Every pooling of every geometry has a row, and ours keeps less for backward than max pooling.
+    # Every table has its max-pooling baseline and our row for both geometries. (The bytes kept
+    # for backward round to 0.0 MiB at these sizes; test_kernels.py compares them exactly.)
     ours = re.findall(r"^\| .+ \| lit_ppool p_pool2d \| .* \| ([\d.]+) MiB \|$", result.stdout, flags=re.M)
     max_pool = re.findall(r"^\| .+ \| F\.max_pool2d \| .* \| ([\d.]+) MiB \|$", result.stdout, flags=re.M)
     assert len(ours) == len(max_pool) == 6
-    assert all(float(a) <= float(b) for a, b in zip(ours, max_pool))
     assert re.search(r"^\| resnet34 \| 1 \|", result.stdout, flags=re.M)
     assert re.search(r"^\| vgg16 \| 5 \|", result.stdout, flags=re.M)

@@ -39,3 +39,9 @@ def window(padded: Tensor, i: int, j: int, out_size: List[int], stride: List[int
 def is_channels_last(input: Tensor) -> bool:
     """True for a 4-d tensor laid out channels-last (and not also NCHW-contiguous): the fused kernels keep that layout."""
     return input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
+
+
+def reduce_grad_alpha(per_plane: Tensor, alpha: Tensor) -> Tensor:
+    """dL/dalpha from its ``(N, C)`` per-plane parts: summed to alpha's shape (one value or one per channel)."""
+    reduced = per_plane.sum() if alpha.numel() == 1 else per_plane.sum(dim=0)
+    return reduced.reshape(alpha.shape).to(alpha.dtype)

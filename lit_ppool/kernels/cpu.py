@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_ppool.kernels.common import EPS, is_channels_last
+from lit_ppool.kernels.common import EPS, is_channels_last, reduce_grad_alpha
 
 __all__ = ["CppPPool2dFunction", "load_extension"]
 
@@ -89,12 +89,6 @@ class CppPPool2dFunction(torch.autograd.Function):
         extension = load_extension()
         flat = _flat_geometry(geometry, out_size)
         alpha_f32 = alpha.detach().to(torch.float32).contiguous()
-        if bool((alpha_f32 < 0).any()):
-            raise ValueError(
-                f"Expected `alpha` >= 0 (0 is average pooling, large alpha approaches max pooling), but it "
-                f"holds {alpha_f32.min().item():g}. PPool2d keeps its alpha in [0, alpha_max]; clamp a tensor "
-                "alpha with alpha.clamp_min(0)."
-            )
         output, log_max = extension.forward(_kernel_layout(input), alpha_f32, flat, EPS)
         ctx.save_for_backward(input, alpha, log_max)
         ctx.flat_geometry = flat
@@ -110,9 +104,6 @@ class CppPPool2dFunction(torch.autograd.Function):
         layout = torch.channels_last if is_channels_last(input) else torch.contiguous_format
         grad_output = grad_output.to(input.dtype).contiguous(memory_format=layout)
         grad_input, grad_planes = extension.backward(input, alpha_f32, log_max, grad_output, ctx.flat_geometry, EPS)
-        grad_alpha = None
-        if ctx.needs_input_grad[1]:
-            reduced = grad_planes.sum() if alpha.numel() == 1 else grad_planes.sum(dim=0)
-            grad_alpha = reduced.reshape(alpha.shape).to(alpha.dtype)
+        grad_alpha = reduce_grad_alpha(grad_planes, alpha) if ctx.needs_input_grad[1] else None
         return grad_input if ctx.needs_input_grad[0] else None, grad_alpha, None, None
 

@@ -24,7 +24,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_ppool.kernels.common import EPS, is_channels_last
+from lit_ppool.kernels.common import EPS, is_channels_last, reduce_grad_alpha
 
 __all__ = ["TritonPPool2dFunction"]
 
@@ -36,6 +36,17 @@ def _weight(x, ok, lm, alpha, EPS: tl.constexpr):
     """log(x~ / m) and exp(alpha * log(x~ / m)) of one window element, both 0 where ``ok`` is false."""
     d = tl.where(ok, tl.log(tl.maximum(x, EPS, propagate_nan=_NAN_MAX)) - lm, 0.0)
     return d, tl.where(ok, tl.exp(alpha * d), 0.0)
+
+
+@triton.jit
+def _window_element(x_base, oh, ow, live, i, j, H, W, sxh, sxw,
+                    SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+                    DH: tl.constexpr, DW: tl.constexpr):
+    """Element (i, j) of each window, as float32 (0 where outside the input), and whether it is real."""
+    h = oh * SH - PH + i * DH
+    w = ow * SW - PW + j * DW
+    ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    return tl.load(x_base + h * sxh + w * sxw, mask=ok, other=0.0).to(tl.float32), ok
 
 
 @triton.jit
@@ -56,11 +67,8 @@ def _window_stats(x_base, oh, ow, live, lm, alpha, H, W, sxh, sxw,
     total = tl.zeros(lm.shape, tl.float32)
     weighted = tl.zeros(lm.shape, tl.float32)
     for i in tl.static_range(KH):
-        h = oh * SH - PH + i * DH
         for j in tl.static_range(KW):
-            w = ow * SW - PW + j * DW
-            ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            x = tl.load(x_base + h * sxh + w * sxw, mask=ok, other=0.0).to(tl.float32)
+            x, ok = _window_element(x_base, oh, ow, live, i, j, H, W, sxh, sxw, SH, SW, PH, PW, DH, DW)
             _, u = _weight(x, ok, lm, alpha, EPS)
             total += u
             weighted += u * x
@@ -79,11 +87,8 @@ def _forward_kernel(x_ptr, alpha_ptr, y_ptr, lmax_ptr, C, H, W, OH, OW,
     x_base = x_ptr + n * sxn + c * sxc
     lm = tl.full([BLOCK], float("-inf"), tl.float32)
     for i in tl.static_range(KH):
-        h = oh * SH - PH + i * DH
         for j in tl.static_range(KW):
-            w = ow * SW - PW + j * DW
-            ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            x = tl.load(x_base + h * sxh + w * sxw, mask=ok, other=0.0).to(tl.float32)
+            x, ok = _window_element(x_base, oh, ow, live, i, j, H, W, sxh, sxw, SH, SW, PH, PW, DH, DW)
             lm = tl.maximum(lm, tl.where(ok, tl.log(tl.maximum(x, EPS, propagate_nan=_NAN_MAX)), float("-inf")),
                             propagate_nan=_NAN_MAX)
     lm = tl.maximum(lm, tl.log(EPS), propagate_nan=_NAN_MAX)
@@ -116,11 +121,8 @@ def _backward_windows_kernel(x_ptr, alpha_ptr, lmax_ptr, gy_ptr, y_ptr, gs_ptr, 
     # dy/dalpha = sum_i w_i log(x~_i / m) (x_i - y); the log(m) part sums to 0.
     grad_alpha = tl.zeros([BLOCK], tl.float32)
     for i in tl.static_range(KH):
-        h = oh * SH - PH + i * DH
         for j in tl.static_range(KW):
-            w = ow * SW - PW + j * DW
-            ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
-            x = tl.load(x_base + h * sxh + w * sxw, mask=ok, other=0.0).to(tl.float32)
+            x, ok = _window_element(x_base, oh, ow, live, i, j, H, W, sxh, sxw, SH, SW, PH, PW, DH, DW)
             d, u = _weight(x, ok, lm, alpha, EPS)
             grad_alpha += tl.where(ok, grad_scaled * u * d * (x - y), 0.0)
     tl.store(y_ptr + plane * OH * OW + offs, y, mask=live)
@@ -229,7 +231,5 @@ class TritonPPool2dFunction(torch.autograd.Function):
                 BLOCK=block_in, **constexprs)
         grad_alpha = None
         if ctx.needs_input_grad[1]:
-            per_plane = grad_alpha_blocks.sum(dim=1).view(n, c)
-            reduced = per_plane.sum() if alpha.numel() == 1 else per_plane.sum(dim=0)
-            grad_alpha = reduced.reshape(alpha.shape).to(alpha.dtype)
+            grad_alpha = reduce_grad_alpha(grad_alpha_blocks.sum(dim=1).view(n, c), alpha)
         return grad_input if ctx.needs_input_grad[0] else None, grad_alpha, None, None

@@ -19,7 +19,7 @@ def alpha_summary(module: nn.Module) -> dict[str, str]:
     summary = {}
     for name, layer in module.named_modules():
         if isinstance(layer, PPool2d):
-            alpha = layer.alpha_raw.detach().float().clamp(0.0, layer.alpha_max)
+            alpha = layer.alpha.detach().float()
             if alpha.numel() == 1:
                 summary[name] = f"{alpha.item():.6g}"
             else:
