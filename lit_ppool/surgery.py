@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import functools
+import warnings
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import torch
@@ -32,7 +33,7 @@ from lit_ppool.layers.registry import (
 )
 from lit_ppool.layers.same import SamePadPool2d
 
-__all__ = ["Bake", "BakeReport", "Skip", "Swap", "SwapReport", "bake_pooling", "swap_pooling"]
+__all__ = ["Bake", "BakeReport", "NothingSwappedWarning", "Skip", "Swap", "SwapReport", "bake_pooling", "swap_pooling"]
 
 try:  # timm's dynamic "same" padding pools (timm comes with segmentation-models-pytorch)
     from timm.layers.pool2d_same import AvgPool2dSame as _TimmAvgSame
@@ -55,6 +56,10 @@ _TORCH_POOL_TYPES = (
 ) + _ADAPTIVE_TYPES
 _OURS = tuple({cls for cls in POOLINGS.values() if cls not in _PLAIN_TYPES}) + (SamePadPool2d,)
 _FUNCTIONAL_POOLS = {"max_pool2d", "avg_pool2d", "_max_pool2d", "max_pool2d_with_indices", "lp_pool2d", "fractional_max_pool2d"}
+
+
+class NothingSwappedWarning(UserWarning):
+    """:func:`swap_pooling` replaced no module: the model has no pooling layer, or none was selected."""
 
 
 class Swap(NamedTuple):
@@ -377,7 +382,7 @@ def swap_pooling(
 
     Returns:
         A :class:`SwapReport`: a list of :class:`Swap` ``(name, old, new)`` with ``.skipped``
-        and ``.negative_inputs``.
+        and ``.negative_inputs``. When it is empty a :class:`NothingSwappedWarning` says so.
 
     Raises:
         ValueError: If ``to`` is unknown (the message lists the valid names), a glob
@@ -480,9 +485,19 @@ def swap_pooling(
         _set_submodule(model, name, new)
         swaps.append(Swap(name, old, new))
 
+    if not swaps:
+        _warn_nothing_swapped(model, skipped)
     swapped = {swap.name for swap in swaps}
     negative = sorted(swapped & probe.negative) if probe is not None else []
     return SwapReport(swaps, skipped, negative, probed=probe is not None)
+
+
+def _warn_nothing_swapped(model: nn.Module, skipped: list[Skip]) -> None:
+    if skipped:
+        why = f"all {len(skipped)} pooling module(s) were left alone (the report's `skipped` says why)"
+    else:
+        why = "it has no pooling module (its downsampling is done by strided convolutions, or pooling is called functionally)"
+    warnings.warn(f"swap_pooling replaced nothing in {type(model).__name__}: {why}.", NothingSwappedWarning, stacklevel=3)
 
 
 def _baked_replacement(pool: PPool2d, alpha: Tensor, threshold: float) -> tuple[nn.Module | None, str]:

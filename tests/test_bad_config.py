@@ -69,7 +69,7 @@ def test_cli_bad_values_fail_before_training(flag, listed, tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert listed in err and "Traceback" not in err
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "wandb").exists()
 
 
 def test_cli_unknown_bad_sample_policy_lists_the_choices(capsys):

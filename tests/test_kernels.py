@@ -161,7 +161,8 @@ def test_backend_errors():
     with pytest.raises(ValueError, match=r"`alpha` >= 0 .* it holds -0.5.* clamp a tensor alpha"):
         p_pool2d(torch.rand(1, 2, 4, 4), torch.tensor([0.5, -0.5]), 2)
     env = {**os.environ, "LIT_PPOOL_BACKEND": "fastest"}
-    result = subprocess.run([sys.executable, "-c", "import lit_ppool"], env=env, capture_output=True, text=True)
+    code = "import torch, lit_ppool; lit_ppool.p_pool2d(torch.rand(1, 1, 4, 4), 1.0, 2)"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "environment variable `LIT_PPOOL_BACKEND` to be one of auto, reference, cpp, triton" in result.stderr
 

@@ -5,15 +5,20 @@ The kernel is compiled once per machine and torch version with
 2-core machine) and cached in torch's extension directory (``TORCH_EXTENSIONS_DIR``,
 default ``~/.cache/torch_extensions``). One build serves every geometry and dtype. It is
 compiled for the CPU's vector ISA as torch reports it (AVX512, AVX2 or the portable
-default). If the build fails, :func:`load_extension` warns once and returns ``None`` and
-P-pooling runs on the reference path.
+default). A build announces itself on stderr (``lit_ppool: building the fused CPU P-pooling
+kernel ...``) when loading takes longer than a cached load would. If the build fails,
+:func:`load_extension` warns once and returns ``None`` and P-pooling runs on the reference path.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -35,16 +40,44 @@ _ISA_FLAGS = {
 }
 
 
+BUILD_NOTICE_AFTER_S = 3.0
+"""Seconds after which a load that is still running is announced as a build (a cached load takes < 1 s)."""
+
+
+def _announce_build() -> None:
+    print(
+        "lit_ppool: building the fused CPU P-pooling kernel (once per machine and torch version, about a minute) ...",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class _NoCudaNotice(logging.Filter):
+    """Drops torch's "No CUDA runtime is found" notice, which building a CPU kernel with a CUDA build of torch prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
 @functools.lru_cache(maxsize=None)
 def load_extension() -> Optional[ModuleType]:
     """Build (first call on a machine) or load the CPU kernel; ``None`` if that is impossible."""
     capability = torch.backends.cpu.get_cpu_capability()
     name = "lit_ppool_p_pool2d_cpu_" + re.sub(r"\W", "_", capability.lower())
+    notice = threading.Timer(BUILD_NOTICE_AFTER_S, _announce_build)
+    notice.daemon = True
     try:
+        logging.getLogger("torch.utils.cpp_extension").addFilter(_NoCudaNotice())
         from torch.utils.cpp_extension import load
 
         _put_ninja_on_path()
-        return load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", *_ISA_FLAGS.get(capability, [])])
+        started = time.perf_counter()
+        notice.start()
+        extension = load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", *_ISA_FLAGS.get(capability, [])])
+        elapsed = time.perf_counter() - started
+        if elapsed >= BUILD_NOTICE_AFTER_S:  # the notice was printed
+            print(f"lit_ppool: the CPU kernel is ready ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+        return extension
     except Exception as err:  # no compiler, no headers, an unsupported platform ...
         warnings.warn(
             f"lit_ppool could not build its fused CPU P-pooling kernel ({type(err).__name__}: {err}). "
@@ -54,6 +87,8 @@ def load_extension() -> Optional[ModuleType]:
             stacklevel=2,
         )
         return None
+    finally:
+        notice.cancel()
 
 
 def _put_ninja_on_path() -> None:

@@ -10,7 +10,7 @@ Backends:
   (also CPU tensors under ``TRITON_INTERPRET=1``, which is how they are tested without a GPU).
 * ``"auto"`` (default): ``triton`` on CUDA, ``cpp`` on CPU, ``reference`` otherwise.
 
-Choose with the ``LIT_PPOOL_BACKEND`` environment variable (read at import) or at run time
+Choose with the ``LIT_PPOOL_BACKEND`` environment variable (read at the first call) or at run time
 with :func:`set_backend` / :func:`use_backend`. ``reference`` is the switch for debugging and
 parity checks.
 """
@@ -40,11 +40,18 @@ def _checked(name: str, source: str) -> str:
     return name
 
 
-_backend = _checked(os.environ.get("LIT_PPOOL_BACKEND", "auto"), "environment variable `LIT_PPOOL_BACKEND`")
+_backend: str | None = None  # None until the first call reads LIT_PPOOL_BACKEND
 
 
 def get_backend() -> str:
-    """The P-pooling backend in use (``"auto"`` unless set)."""
+    """The P-pooling backend in use: the one set, else ``LIT_PPOOL_BACKEND``, else ``"auto"``.
+
+    Raises:
+        ValueError: If ``LIT_PPOOL_BACKEND`` names no backend (checked here, at the first call).
+    """
+    global _backend
+    if _backend is None:
+        _backend = _checked(os.environ.get("LIT_PPOOL_BACKEND", "auto"), "environment variable `LIT_PPOOL_BACKEND`")
     return _backend
 
 
@@ -58,7 +65,7 @@ def set_backend(name: str) -> str:
         >>> _ = set_backend(previous)
     """
     global _backend
-    previous, _backend = _backend, _checked(name, "argument `name`")
+    previous, _backend = get_backend(), _checked(name, "argument `name`")
     return previous
 
 
@@ -84,15 +91,16 @@ def _triton_function():
 
 def select_function(input: Tensor) -> type[torch.autograd.Function]:
     """The autograd Function that pools ``input`` under the current backend."""
-    if _backend == "reference":
+    backend = get_backend()
+    if backend == "reference":
         return PPool2dFunction
-    if _backend != "auto":
+    if backend != "auto":
         if input.dtype not in _FUSED_DTYPES:
             raise ValueError(
-                f"Expected a float32, float16 or bfloat16 input for backend {_backend!r}, but got {input.dtype}. "
+                f"Expected a float32, float16 or bfloat16 input for backend {backend!r}, but got {input.dtype}. "
                 "Use set_backend('auto') (float64 then runs on the reference path)."
             )
-        if _backend == "cpp":
+        if backend == "cpp":
             if input.device.type != "cpu":
                 raise ValueError(f"Expected a CPU input for backend 'cpp', but got device {input.device}.")
             if cpu.load_extension() is None:

@@ -150,10 +150,12 @@ class AlphaMonitor(Callback):
             )
         self._layers = alpha_layers(pl_module)
         if not self._layers:
-            message = (
-                f"`AlphaMonitor` found no P-pooling layer (lit_ppool.PPool2d) in {type(pl_module).__name__}: "
-                "swap the model's pooling to 'p' (`pooling='p'`, `lit_ppool.swap_pooling(model, 'p')`)"
-            )
+            pooling = getattr(pl_module, "hparams", {}).get("pooling")
+            if pooling == "p":
+                fix = "the model has pooling='p' but no pooling layer that could be swapped (see the swap report)"
+            else:
+                fix = "swap the model's pooling to 'p' (`pooling='p'`, `lit_ppool.swap_pooling(model, 'p')`)"
+            message = f"`AlphaMonitor` found no P-pooling layer (lit_ppool.PPool2d) in {type(pl_module).__name__}: {fix}"
             if self.strict:
                 raise MisconfigurationException(f"{message}, or pass `strict=False` to skip the callback.")
             rank_zero_warn(f"{message}. Nothing is logged (strict=False).")

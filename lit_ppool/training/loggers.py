@@ -19,6 +19,8 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from lit_ppool.training.errors import ConfigError
+
 if TYPE_CHECKING:
     import lightning as L
     from matplotlib.figure import Figure
@@ -43,7 +45,7 @@ def resolve_wandb_mode(mode: str | None = None) -> str:
     """The W&B mode: ``mode`` if given, else the ``WANDB_MODE`` environment variable, else ``"offline"``.
 
     Raises:
-        ValueError: If the mode is not one of :data:`WANDB_MODES`.
+        ConfigError: (a ``ValueError``) if the mode is not one of :data:`WANDB_MODES`.
 
     Example:
         >>> resolve_wandb_mode("online")
@@ -53,7 +55,7 @@ def resolve_wandb_mode(mode: str | None = None) -> str:
     resolved = {"dryrun": "offline", "run": "online"}.get(resolved, resolved)  # wandb's older spellings
     if resolved not in WANDB_MODES:
         source = "argument `mode`" if mode else "environment variable `WANDB_MODE`"
-        raise ValueError(f"Expected {source} to be one of {list(WANDB_MODES)}, but got {resolved!r}.")
+        raise ConfigError(f"Expected {source} to be one of {list(WANDB_MODES)}, but got {resolved!r}.")
     return resolved
 
 
@@ -81,8 +83,8 @@ class WandbLogger(_LightningWandbLogger):
         **kwargs: Other arguments of :func:`wandb.init` (``notes``, ``job_type``, ``settings``, ...).
 
     Raises:
-        ValueError: If ``mode`` (or ``WANDB_MODE``) is unknown, or ``log_model`` is set outside
-            online mode.
+        ConfigError: (a ``ValueError``) if ``mode`` (or ``WANDB_MODE``) is unknown, or ``log_model``
+            is set outside online mode.
     """
 
     def __init__(
@@ -101,7 +103,7 @@ class WandbLogger(_LightningWandbLogger):
     ) -> None:
         mode = resolve_wandb_mode(mode)
         if log_model and mode != "online":
-            raise ValueError(
+            raise ConfigError(
                 f"Expected argument `log_model` to be False when the W&B mode is {mode!r} (checkpoints are "
                 f"uploaded only online), but got {log_model!r}. Set `mode: online` or WANDB_MODE=online."
             )
@@ -143,8 +145,14 @@ class SaveConfigToLoggers(SaveConfigCallback):
     The config (the ``config.yaml`` next to the logs, as a nested dict: ``model.pooling``,
     ``trainer.max_epochs``, ...) goes to ``log_hyperparams`` of every logger of the Trainer:
     the W&B run config, TensorBoard's hparams, the CSV logger's ``hparams.yaml``. Not for
-    ``predict``, which logs nothing else. Runs on rank zero only.
+    ``predict``, which logs nothing else. Runs on rank zero only. A ``validate``, ``test`` or
+    ``predict`` without a logger saves nothing (there is no log folder of its own to save to).
     """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" and not trainer.loggers:
+            return
+        super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "predict" or not trainer.loggers:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from typing import Any, Literal, Sequence
 
 import lightning as L
@@ -15,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 
 from lit_ppool.layers.ppool import PPool2d
 from lit_ppool.layers.registry import available_poolings, pool_requires_num_channels
-from lit_ppool.surgery import swap_pooling
+from lit_ppool.surgery import NothingSwappedWarning, SwapReport, swap_pooling
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.faults import check_finite_loss
 from lit_ppool.training.metrics import TrimapJaccardIndex, check_labels
@@ -66,6 +68,12 @@ def _check_choice(arg: str, value: Any, choices: Sequence[str], hint: str = "") 
         raise ConfigError(f"Expected argument `{arg}` to be one of {list(choices)}{hint}, but got {value!r}.")
 
 
+def _did_you_mean(value: Any, choices: Sequence[str], prefix: str = "") -> str:
+    """`` Did you mean 'a' or 'b'?`` for the choices closest to ``value`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(str(value), list(choices), n=4, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+
+
 def _check_encoder(encoder_name: Any) -> None:
     if isinstance(encoder_name, str) and encoder_name.startswith("tu-"):
         import timm
@@ -73,10 +81,35 @@ def _check_encoder(encoder_name: Any) -> None:
         if timm.is_model(encoder_name[3:]):
             return
         raise ConfigError(
-            f"Expected argument `encoder_name` to be 'tu-<a timm model name>' (see `timm.list_models()`), "
-            f"but got {encoder_name!r}: {encoder_name[3:]!r} is not a timm model."
+            f"Expected argument `encoder_name` to be 'tu-<a timm model name>', but got {encoder_name!r}: "
+            f"{encoder_name[3:]!r} is not a timm model.{_did_you_mean(encoder_name[3:], timm.list_models(), 'tu-')} "
+            "`timm.list_models()` lists them."
         )
-    _check_choice("encoder_name", encoder_name, available_encoders(), " or 'tu-<any timm model>'")
+    encoders = available_encoders()
+    if not isinstance(encoder_name, str) or encoder_name not in encoders:
+        raise ConfigError(
+            f"Expected argument `encoder_name` to be one of smp's {len(encoders)} encoders or 'tu-<any timm model>', "
+            f"but got {encoder_name!r}.{_did_you_mean(encoder_name, encoders)} "
+            "`lit_ppool.training.module.available_encoders()` lists them."
+        )
+
+
+def _no_swap_message(arch: str, encoder_name: str, pooling: str, report: SwapReport) -> str:
+    """Why a model had nothing to swap, for the error of a non-``max`` pooling."""
+    pools = [skip for skip in report.skipped if isinstance(skip.module, (nn.MaxPool2d, nn.AvgPool2d))]
+    if pools:
+        reasons = "; ".join(f"{skip.name}: {skip.reason}" for skip in pools[:3])
+        why = f"its {len(pools)} pooling layer(s) were all left alone ({reasons})"
+    else:
+        why = (
+            f"it has no pooling layer: {encoder_name!r} downsamples with strided convolutions, so "
+            f"pooling={pooling!r} would train the same model as pooling='max'"
+        )
+    return (
+        f"Expected the {arch}/{encoder_name} model to have pooling layers to swap to {pooling!r}, but {why}. "
+        "Choose an encoder with pooling layers (e.g. resnet34, vgg16_bn, tu-resnet50d), or pass "
+        "allow_no_swap=True (--model.allow_no_swap=true) to train it unchanged on purpose."
+    )
 
 
 class PPoolSegmentationModule(L.LightningModule):
@@ -128,10 +161,14 @@ class PPoolSegmentationModule(L.LightningModule):
         check_finite_loss: Stop training with a :class:`~lit_ppool.training.faults.NonFiniteLossError`
             (step, loss, every layer's alpha) when the training loss is NaN or infinite, before the
             backward pass and the optimiser step; ``False`` trains through.
+        allow_no_swap: Train a model in which nothing was swapped (an encoder without pooling
+            layers, or ``include``/``exclude`` that select none) although ``pooling`` is not
+            ``"max"``; by default that is an error, since such a run trains the unchanged model.
 
     Raises:
         ConfigError: (a ``ValueError``) if a name is unknown (listing the valid ones), a
-            value is out of range, or the encoder weights are unavailable or do not match.
+            value is out of range, the encoder weights are unavailable or do not match, or
+            nothing could be swapped (see ``allow_no_swap``).
 
     Example:
         >>> module = PPoolSegmentationModule("Unet", "resnet18", None, num_classes=3)
@@ -158,6 +195,7 @@ class PPoolSegmentationModule(L.LightningModule):
         boundary_width: int = 3,
         model_kwargs: dict[str, Any] | None = None,
         check_finite_loss: bool = True,
+        allow_no_swap: bool = False,
     ) -> None:
         super().__init__()
         archs = {name.lower(): name for name in available_archs()}
@@ -195,9 +233,11 @@ class PPoolSegmentationModule(L.LightningModule):
             # one probe forward measures each pool's channel count
             example_input = torch.zeros(1, (model_kwargs or {}).get("in_channels", 3), 64, 64)
         try:
-            report = swap_pooling(
-                self.model, to=pooling, include=include, exclude=exclude, example_input=example_input, **pooling_kwargs
-            )
+            with warnings.catch_warnings():  # the error below says more
+                warnings.simplefilter("ignore", NothingSwappedWarning)
+                report = swap_pooling(
+                    self.model, to=pooling, include=include, exclude=exclude, example_input=example_input, **pooling_kwargs
+                )
         except (TypeError, ValueError) as err:
             raise ConfigError(f"Could not swap the pooling layers of {arch}/{encoder_name} to {pooling!r}: {err}") from err
         unbuildable = [skip for skip in report.skipped if "cannot be built" in skip.reason]
@@ -206,6 +246,8 @@ class PPoolSegmentationModule(L.LightningModule):
                 f"Expected argument `pooling_kwargs` to be valid for pooling {pooling!r}, but no layer could be "
                 f"built with {pooling_kwargs}: {unbuildable[0].reason}"
             )
+        if not len(report) and pooling != "max" and not allow_no_swap:
+            raise ConfigError(_no_swap_message(archs[arch.lower()], encoder_name, pooling, report))
         self.swapped_layers = [swap.name for swap in report]
         rank_zero_info(f"lit_ppool: {report.summary()}")
         self.criterion = LOSSES[loss](ignore_index)

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 
 __all__ = ["PaletteMaskWriter", "voc_palette"]
@@ -43,6 +44,8 @@ class PaletteMaskWriter(BasePredictionWriter):
 
     def __init__(self, output_dir: str | Path = "predictions", palette: Sequence[int] | None = None) -> None:
         super().__init__(write_interval="batch")
+        self.written = 0
+        """PNG files written by this process in the current ``predict``."""
         self.output_dir = Path(output_dir)
         self.palette = list(palette) if palette is not None else voc_palette()
         if len(self.palette) % 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in self.palette):
@@ -63,3 +66,11 @@ class PaletteMaskWriter(BasePredictionWriter):
             image = Image.fromarray(mask.cpu().numpy().astype(np.uint8))  # "L", made "P" by putpalette
             image.putpalette(self.palette)
             image.save(self.output_dir / f"{Path(name).stem}.png")
+            self.written += 1
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.written = 0
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Say where the masks went (the count is rank zero's share under DDP)."""
+        rank_zero_info(f"lit_ppool: wrote {self.written} palette PNG mask(s) to {self.output_dir}")

@@ -60,6 +60,12 @@ def check_layout(root: str | Path, required: Sequence[str], layout: str, name: s
             the expected layout and the download page.
     """
     root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetRootError(
+            f"Expected argument `root` to be a {name} root with this layout:\n{layout}\n"
+            f"but got {str(root)!r}, which {'is not a folder' if root.exists() else 'does not exist'}. "
+            f"Download {name} from {url} and pass the folder that holds it as `root`."
+        )
     for entry in required:
         if not (root / entry).exists():
             raise DatasetRootError(
