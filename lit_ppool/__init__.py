@@ -19,6 +19,7 @@ _TRAINING_EXPORTS = {
     "TrimapJaccardIndex": "lit_ppool.training.metrics",
     "SegmentationDataModule": "lit_ppool.training.data.base",
     "SyntheticDetailDataModule": "lit_ppool.training.data.synthetic",
+    "SyntheticTexturesDataModule": "lit_ppool.training.data.synthetic",
     "VOCDataModule": "lit_ppool.training.data.voc",
     "CityscapesDataModule": "lit_ppool.training.data.cityscapes",
     "ADE20KDataModule": "lit_ppool.training.data.ade20k",

@@ -11,6 +11,7 @@ Usage::
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import sys
@@ -27,6 +28,7 @@ from lit_ppool import __version__
 from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
 from lit_ppool.training.data.base import SegmentationDataModule
 from lit_ppool.kernels.dispatch import get_backend
+from lit_ppool.training.alpha_monitor import alpha_layers
 from lit_ppool.training.loggers import SaveConfigToLoggers, resolve_wandb_mode
 from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
 from lit_ppool.training.runs import (
@@ -49,6 +51,7 @@ swapped for polynomial pooling (P-pooling) or another pooling of the registry.
   lit-ppool test --config configs/quickstart.yaml --ckpt_path last
   lit-ppool predict --config CFG --ckpt_path CKPT         palette PNG masks
   lit-ppool fit --config CFG --print_config               the whole configuration
+  lit-ppool compare --config CFG --poolings max,avg,p     poolings x seeds, with error bars (compare --help)
   lit-ppool <subcommand> --help                           every option of a subcommand
 """
 
@@ -257,13 +260,29 @@ class PPoolCLI(LightningCLI):
         self._write_metrics("test")
 
     def _write_metrics(self, stage: str) -> None:
-        """``<run>/<stage>-<checkpoint name>.json``: the metrics of this evaluation, next to the checkpoint."""
+        """``<run>/<stage>-<checkpoint name>.json``: the metrics of this evaluation, next to the checkpoint.
+
+        Also records the pooling, the seed and every P-pooling layer's alpha (``lit-ppool compare``
+        builds its tables from these files alone).
+        """
         ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
         if not ckpt_path or not self.trainer.is_global_zero:
             return
         metrics = {key: float(value) for key, value in self.trainer.callback_metrics.items() if value.numel() == 1}
+        alpha = {
+            name: {"mean": layer.alpha.detach().float().mean().item(), "min": layer.alpha.detach().float().min().item(),
+                   "max": layer.alpha.detach().float().max().item(), "init": layer.alpha_init}
+            for name, layer in alpha_layers(self.model).items()
+        }  # fmt: skip
+        record = {
+            "checkpoint": str(ckpt_path),
+            "pooling": self.model.hparams.get("pooling"),
+            "seed": self._subcommand_config().get("seed_everything"),
+            "metrics": metrics,
+            "alpha": alpha,
+        }
         path = run_dir_of(ckpt_path) / f"{stage}-{Path(ckpt_path).stem}.json"
-        path.write_text(json.dumps({"checkpoint": str(ckpt_path), "metrics": metrics}, indent=2) + "\n")
+        path.write_text(json.dumps(record, indent=2) + "\n")
         rank_zero_info(f"lit_ppool: wrote the {stage} metrics to {path}")
 
     def before_predict(self) -> None:
@@ -277,12 +296,14 @@ class PPoolCLI(LightningCLI):
         self.trainer.callbacks.append(PaletteMaskWriter(folder))
 
 
-def run_cli(args: Any = None) -> PPoolCLI:
+def run_cli(args: Any = None, run: bool = True) -> PPoolCLI:
     """Run ``lit-ppool`` programmatically and return the :class:`PPoolCLI` (its ``trainer`` holds the metrics).
 
     Args:
         args: Command-line arguments, e.g. ``["fit", "--config", "configs/quickstart.yaml"]``;
             ``None`` reads ``sys.argv``.
+        run: ``False`` only builds the model, data and trainer from ``args`` (no subcommand), which
+            checks a configuration without training.
     """
     _quiet_known_warnings()
     return PPoolCLI(
@@ -294,11 +315,22 @@ def run_cli(args: Any = None) -> PPoolCLI:
         parser_class=PPoolArgumentParser,
         parser_kwargs={"prog": "lit-ppool", "description": DESCRIPTION, "version": __version__},
         args=args,
+        run=run,
     )
 
 
+# commands of lit-ppool that are not Trainer methods: name -> module with main(argv) -> exit status
+OTHER_COMMANDS = {"compare": "lit_ppool.compare.runner"}
+
+
 def main(args: Any = None) -> None:
-    """Entry point of the ``lit-ppool`` console script (returns nothing, so the exit status is 0)."""
+    """Entry point of the ``lit-ppool`` console script (the exit status is 0 unless a command fails)."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] in OTHER_COMMANDS:
+        code = importlib.import_module(OTHER_COMMANDS[argv[0]]).main(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return
     run_cli(args)
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from lit_ppool.training.metrics import TrimapJaccardIndex, boundary_band, check_labels
+from lit_ppool.training.data.checks import check_labels
+from lit_ppool.training.metrics import TrimapJaccardIndex, boundary_band
 
 IGNORE = 255
 

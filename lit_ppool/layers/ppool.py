@@ -121,6 +121,7 @@ class PPool2d(nn.Module):
         self.ceil_mode = ceil_mode
         self.num_channels = num_channels
         self.alpha_max = float(alpha_max)
+        self.alpha_init = float(alpha_init)
         # validated (h, w) pairs for the TorchScript path
         self._kernel, self._stride, self._padding, self._dilation = (list(pair) for pair in geometry[:4])
         initial = torch.full((num_channels or 1,) if num_channels else (), float(alpha_init))

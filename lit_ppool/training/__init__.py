@@ -6,6 +6,7 @@ from lit_ppool.training.data import (
     CityscapesDataModule,
     SegmentationDataModule,
     SyntheticDetailDataModule,
+    SyntheticTexturesDataModule,
     VOCDataModule,
 )
 from lit_ppool.training.alpha_monitor import AlphaMonitor
@@ -29,5 +30,6 @@ __all__ = [
     "PaletteMaskWriter",
     "SegmentationDataModule",
     "SyntheticDetailDataModule",
+    "SyntheticTexturesDataModule",
     "TrimapJaccardIndex",
 ]

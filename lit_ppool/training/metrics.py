@@ -1,4 +1,4 @@
-"""Segmentation metrics beyond torchmetrics' own: the boundary-band (trimap) mIoU and label checks."""
+"""Segmentation metrics beyond torchmetrics' own: the boundary-band (trimap) mIoU."""
 
 from __future__ import annotations
 
@@ -9,31 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassJaccardIndex
 
-__all__ = ["TrimapJaccardIndex", "boundary_band", "check_labels"]
-
-
-def check_labels(target: Tensor, num_classes: int, ignore_index: int | None, source: str = "target") -> None:
-    """Raise if ``target`` holds a label outside ``[0, num_classes)`` other than ``ignore_index``.
-
-    Args:
-        target: Integer label map of any shape.
-        num_classes: Number of classes.
-        ignore_index: The label that marks pixels to ignore, or ``None``.
-        source: What ``target`` came from (a file name, a batch), named in the error.
-
-    Raises:
-        ValueError: Naming the offending values and ``source``.
-    """
-    invalid = (target < 0) | (target >= num_classes)
-    if ignore_index is not None:
-        invalid &= target != ignore_index
-    if bool(invalid.any()):
-        values = torch.unique(target[invalid]).tolist()
-        raise ValueError(
-            f"Expected labels of {source} to be in [0, {num_classes}) or the ignore_index {ignore_index}, "
-            f"but got {values[:10]}{' ...' if len(values) > 10 else ''}. Check the dataset's label mapping "
-            f"and `num_classes`/`ignore_index`."
-        )
+__all__ = ["TrimapJaccardIndex", "boundary_band"]
 
 
 def boundary_band(target: Tensor, width: int) -> Tensor:

@@ -20,7 +20,7 @@ from lit_ppool.layers.registry import available_poolings, pool_requires_num_chan
 from lit_ppool.surgery import NothingSwappedWarning, SwapReport, swap_pooling
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.faults import check_finite_loss
-from lit_ppool.training.metrics import TrimapJaccardIndex, check_labels
+from lit_ppool.training.metrics import TrimapJaccardIndex
 from lit_ppool.training.weights import create_model, skip_pretrained_weights
 
 __all__ = ["ConfigError", "LOSSES", "PPoolSegmentationModule", "available_archs", "available_encoders"]
@@ -314,8 +314,9 @@ class PPoolSegmentationModule(L.LightningModule):
         return [m.alpha_raw for m in self.model.modules() if isinstance(m, PPool2d) and isinstance(m.alpha_raw, nn.Parameter)]
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
+        # labels are checked on the host before the transfer (SegmentationDataModule.on_before_batch_transfer):
+        # a check here would synchronise host and device every step
         images, target = batch["image"], batch["mask"]
-        check_labels(target, self.hparams.num_classes, self.hparams.ignore_index, source=f"the batch {batch.get('name', '')}")
         logits = self(images)
         return self.criterion(logits, target), logits, target
 

@@ -4,7 +4,12 @@ from lit_ppool.training.data.ade20k import ADE20KDataModule
 from lit_ppool.training.data.base import SegmentationDataModule, SegmentationFileDataset
 from lit_ppool.training.data.camvid import CamVidDataModule
 from lit_ppool.training.data.cityscapes import CityscapesDataModule
-from lit_ppool.training.data.synthetic import SyntheticDetailDataModule, SyntheticDetailDataset
+from lit_ppool.training.data.synthetic import (
+    SyntheticDetailDataModule,
+    SyntheticDetailDataset,
+    SyntheticTexturesDataModule,
+    SyntheticTexturesDataset,
+)
 from lit_ppool.training.data.voc import VOCDataModule
 
 __all__ = [
@@ -16,4 +21,6 @@ __all__ = [
     "SegmentationFileDataset",
     "SyntheticDetailDataModule",
     "SyntheticDetailDataset",
+    "SyntheticTexturesDataModule",
+    "SyntheticTexturesDataset",
 ]

@@ -21,6 +21,7 @@ from lit_ppool.training.data.checks import (
     BadSampleWarning,
     DatasetRootError,
     UnreadableFileError,
+    check_labels,
     check_policy,
     find_missing_files,
     format_values,
@@ -28,9 +29,8 @@ from lit_ppool.training.data.checks import (
     load_or_skip,
 )
 from lit_ppool.training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, pad_collate, train_transforms
-from lit_ppool.training.metrics import check_labels
 
-__all__ = ["SegmentationDataModule", "SegmentationFileDataset", "Sample", "check_layout", "label_lut"]
+__all__ = ["SegmentationDataModule", "SegmentationFileDataset", "Sample", "check_batch_labels", "check_layout", "label_lut"]
 
 IGNORE_INDEX = 255
 
@@ -173,6 +173,13 @@ class SegmentationFileDataset(Dataset):
         return self.transforms(sample) if self.transforms is not None else sample
 
 
+def check_batch_labels(batch: Any, num_classes: int, ignore_index: int | None) -> None:
+    """:func:`check_labels` on ``batch["mask"]``, naming the batch's samples; for batches still on the host."""
+    if isinstance(batch, dict) and isinstance(batch.get("mask"), torch.Tensor):
+        names = batch.get("name", [])
+        check_labels(batch["mask"], num_classes, ignore_index, source=f"the batch of {list(names)[:8]}")
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """Base DataModule: transforms, loaders and the dataset description shared by all datasets.
 
@@ -267,9 +274,11 @@ class SegmentationDataModule(L.LightningDataModule):
         return dataset
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Collect the records of skipped bad samples that the batch carries (from any worker process)."""
+        """Collect the records of skipped bad samples that the batch carries (from any worker process), and
+        check its labels while they are still on the host (no device synchronisation in the training step)."""
         if isinstance(batch, dict) and "skipped" in batch:
             self.bad_samples.record(batch.pop("skipped"))
+        check_batch_labels(batch, self.num_classes, self.ignore_index)
         return batch
 
     def teardown(self, stage: str) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from lit_ppool.training.errors import ConfigError
 
@@ -36,6 +38,7 @@ __all__ = [
     "BadSampleWarning",
     "DatasetRootError",
     "UnreadableFileError",
+    "check_labels",
     "check_policy",
     "find_missing_files",
     "format_values",
@@ -181,3 +184,27 @@ def invalid_raw_labels(raw: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, li
     labels = lut[raw]
     invalid = labels < 0
     return labels, (np.unique(raw[invalid]).tolist() if invalid.any() else [])
+
+
+def check_labels(target: Tensor, num_classes: int, ignore_index: int | None, source: str = "target") -> None:
+    """Raise if ``target`` holds a label outside ``[0, num_classes)`` other than ``ignore_index``.
+
+    Args:
+        target: Integer label map of any shape.
+        num_classes: Number of classes.
+        ignore_index: The label that marks pixels to ignore, or ``None``.
+        source: What ``target`` came from (a file name, a batch), named in the error.
+
+    Raises:
+        ValueError: Naming the offending values and ``source``.
+    """
+    invalid = (target < 0) | (target >= num_classes)
+    if ignore_index is not None:
+        invalid &= target != ignore_index
+    if bool(invalid.any()):
+        values = torch.unique(target[invalid]).tolist()
+        raise ValueError(
+            f"Expected labels of {source} to be in [0, {num_classes}) or the ignore_index {ignore_index}, "
+            f"but got {values[:10]}{' ...' if len(values) > 10 else ''}. Check the dataset's label mapping "
+            f"and `num_classes`/`ignore_index`."
+        )

@@ -13,9 +13,17 @@ from torchvision import tv_tensors
 from lit_ppool.training.data.base import SegmentationDataModule
 from lit_ppool.training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["SyntheticDetailDataset", "SyntheticDetailDataModule", "SYNTHETIC_CLASSES"]
+__all__ = [
+    "SYNTHETIC_CLASSES",
+    "TEXTURE_CLASSES",
+    "SyntheticDetailDataModule",
+    "SyntheticDetailDataset",
+    "SyntheticTexturesDataModule",
+    "SyntheticTexturesDataset",
+]
 
 SYNTHETIC_CLASSES = ("background", "thin_line", "small_blob", "stripes", "dots")
+TEXTURE_CLASSES = ("background", "hatch", "speckle", "stripes", "dots")
 _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
 
 
@@ -179,3 +187,81 @@ class SyntheticDetailDataModule(SegmentationDataModule):
 
     def build_dataset(self, split: str, transforms: Callable) -> Dataset:
         return SyntheticDetailDataset(self.sizes[split], self.image_size, split, self.seed, transforms)
+
+
+class SyntheticTexturesDataset(SyntheticDetailDataset):
+    """Regions whose class is told apart only by fine detail inside them: the pooling benchmark.
+
+    Built so that what a pooling layer keeps decides the result, for networks whose features
+    pass through their pools with no full-resolution skip around them (the paper's setting).
+    On a smooth background with Gaussian noise and *impulse noise* (isolated single pixels,
+    2% of all pixels, brighter or darker), 2-4 elliptic regions (radii 7-16 px) carry:
+
+    * ``hatch``: thin dark lines, 1 px wide, every 6 px (sparse detail);
+    * ``speckle``: small dark dots (radius about 1.3 px) on a 6 px grid (sparse detail,
+      resembling the impulse noise);
+    * ``stripes``: a dense zero-mean sinusoid of period 3.5 px (texture against flat);
+    * ``dots``: a dense zero-mean grid of bright dots of period 3 px (texture against flat).
+
+    The mechanics: sparse detail covers a small part of each pooling window, so average
+    pooling dilutes it; max pooling keeps it, but also keeps the impulse noise of the
+    background, which looks like speckle; dense textures survive both. The region labels are
+    large enough for an output stride of 8. Same item format and arguments as
+    :class:`SyntheticDetailDataset`.
+    """
+
+    impulse_fraction = 0.02
+
+    def generate(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the ``(image, mask)`` pair of sample ``index``, without transforms."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + _SPLIT_ID[self.split] * 100_003 + index)
+        size = self.image_size
+
+        def uniform(low: float, high: float, n: int = 1) -> torch.Tensor:
+            return low + (high - low) * torch.rand(n, generator=gen)
+
+        ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+        low_freq = F.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear", align_corners=False)[0]
+        image = uniform(0.35, 0.65, 3).view(3, 1, 1) + 0.2 * (low_freq - 0.5)
+        detail = torch.zeros(size, size)
+        mask = torch.zeros(size, size, dtype=torch.int64)
+        count = int(torch.randint(2, 5, (1,), generator=gen))
+        for label in (torch.randperm(4, generator=gen)[:count] + 1).tolist():
+            cy, cx = uniform(8, size - 8, 2).tolist()
+            ry, rx = uniform(7, 16, 2).tolist()
+            region = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 <= 1
+            detail = torch.where(region, self._pattern(label, ys, xs, float(uniform(0, math.pi))), detail)
+            mask[region] = label
+        image = image + 0.3 * detail
+        hit = torch.rand(size, size, generator=gen) < self.impulse_fraction
+        sign = torch.where(torch.rand(size, size, generator=gen) < 0.5, -1.0, 1.0)
+        image = torch.where(hit, image + 0.3 * sign, image)
+        image = image + 0.04 * torch.randn(3, size, size, generator=gen)
+        return image.clamp(0, 1), mask
+
+    @staticmethod
+    def _pattern(label: int, ys: torch.Tensor, xs: torch.Tensor, theta: float) -> torch.Tensor:
+        """The detail of class ``label`` at orientation ``theta``, in [-1, 1] (dark < 0 < bright)."""
+        along = xs * math.cos(theta) + ys * math.sin(theta)
+        across = -xs * math.sin(theta) + ys * math.cos(theta)
+        if label == 1:  # hatch
+            return torch.where(along % 6.0 < 1.0, -1.0, 0.0)
+        if label == 2:  # speckle
+            off_along, off_across = along - 6 * torch.round(along / 6), across - 6 * torch.round(across / 6)
+            return torch.where(off_along**2 + off_across**2 <= 1.6, -1.0, 0.0)
+        if label == 3:  # stripes
+            return 0.6 * torch.sin(2 * math.pi * along / 3.5)
+        return 0.6 * torch.where((ys.long() % 3 == 0) & (xs.long() % 3 == 0), 1.0, -0.125)  # dots
+
+
+class SyntheticTexturesDataModule(SyntheticDetailDataModule):
+    """DataModule of :class:`SyntheticTexturesDataset`: the pooling benchmark of ``configs/benchmark.yaml``.
+
+    Five classes (``background``, ``hatch``, ``speckle``, ``stripes``, ``dots``); arguments as
+    :class:`SyntheticDetailDataModule`.
+    """
+
+    class_names = TEXTURE_CLASSES
+
+    def build_dataset(self, split: str, transforms: Callable) -> Dataset:
+        return SyntheticTexturesDataset(self.sizes[split], self.image_size, split, self.seed, transforms)

@@ -1,0 +1,169 @@
+"""The comparison's outputs: ``compare.md``, ``compare.csv``, ``runs.csv`` and ``compare.png``."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Sequence
+
+from lit_ppool.compare.results import RunResult
+from lit_ppool.compare.stats import PairedDifference, paired_difference, summarize
+
+__all__ = ["METRICS", "Comparison", "write_report"]
+
+METRICS = (
+    ("test/mIoU", "mIoU"),
+    ("test/boundary_IoU", "Boundary IoU"),
+    ("test/trimap_mIoU", "trimap mIoU"),
+    ("test/pixel_acc", "pixel acc"),
+)
+"""The headline metrics: key in the run results, column title."""
+
+
+class Comparison:
+    """Run results grouped by pooling, in the order asked for; the first pooling is the reference."""
+
+    def __init__(self, results: Sequence[RunResult], poolings: Sequence[str] | None = None) -> None:
+        found = sorted({r.pooling for r in results}, key=lambda name: (name != "max", name))
+        self.poolings = [p for p in (poolings or found) if p in found] + [p for p in found if p not in (poolings or found)]
+        self.results = {p: {r.seed: r for r in results if r.pooling == p} for p in self.poolings}
+        self.reference = self.poolings[0] if self.poolings else None
+        first = next(iter(results), None)
+        self.classes = first.class_names() if first is not None else []
+        self.metrics = [(key, title) for key, title in METRICS if any(key in r.metrics for r in results)]
+
+    def values(self, pooling: str, key: str) -> dict[int, float]:
+        """Seed -> metric ``key`` of ``pooling`` (seeds without it left out)."""
+        return {seed: r.metrics[key] for seed, r in self.results[pooling].items() if key in r.metrics}
+
+    def difference(self, pooling: str, key: str) -> PairedDifference:
+        """``pooling - reference`` on ``key``, paired by seed."""
+        return paired_difference(self.values(self.reference, key), self.values(pooling, key))
+
+
+def _mean_std(values: dict[int, float]) -> str:
+    summary = summarize(list(values.values()))
+    if summary.n == 0:
+        return "-"
+    return f"{summary.mean:.3f}" if summary.n < 2 else f"{summary.mean:.3f} ± {summary.std:.3f}"
+
+
+def _difference(d: PairedDifference) -> str:
+    if d.n == 0:
+        return "-"
+    if not d.interval_known:
+        return f"{d.mean:+.3f} (n too small)"
+    mark = " *" if d.excludes_zero else ""
+    return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]{mark}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(header))) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _summary_tables(c: Comparison) -> list[str]:
+    lines = ["## Test metrics (mean ± std over seeds)", ""]
+    lines += _table(["pooling", "seeds", *(title for _, title in c.metrics)],
+                    [[p, str(len(c.results[p])), *(_mean_std(c.values(p, key)) for key, _ in c.metrics)] for p in c.poolings])  # fmt: skip
+    lines += ["", f"## Paired difference to `{c.reference}` (mean over seeds [95% t-interval]; * = interval excludes 0)", ""]
+    others = c.poolings[1:]
+    lines += _table(["pooling", *(f"Δ {title}" for _, title in c.metrics)],
+                    [[p, *(_difference(c.difference(p, key)) for key, _ in c.metrics)] for p in others])  # fmt: skip
+    return lines
+
+
+def _class_tables(c: Comparison) -> list[str]:
+    if not c.classes:
+        return []
+    lines = ["", "## Per-class IoU (mean over seeds), laid out like the paper's table", ""]
+    rows = [[p, *(_mean_std(c.values(p, f"test/IoU/{name}")).split(" ±")[0] for name in c.classes),
+             _mean_std(c.values(p, "test/mIoU")).split(" ±")[0]] for p in c.poolings]  # fmt: skip
+    lines += _table(["pooling", *c.classes, "mIoU"], rows)
+    lines += ["", f"## Per-class IoU: paired difference to `{c.reference}` [95% t-interval] (where each pooling wins)", ""]
+    lines += _table(["pooling", *c.classes],
+                    [[p, *(_difference(c.difference(p, f"test/IoU/{name}")) for name in c.classes)] for p in c.poolings[1:]])  # fmt: skip
+    return lines
+
+
+def _alpha_table(c: Comparison) -> list[str]:
+    rows = []
+    for p in c.poolings:
+        layers = sorted({name for r in c.results[p].values() for name in r.alpha})
+        for name in layers:
+            learned = [r.alpha[name]["mean"] for r in c.results[p].values() if name in r.alpha]
+            init = next(r.alpha[name].get("init") for r in c.results[p].values() if name in r.alpha)
+            summary = summarize(learned)
+            rows.append([p, name, "-" if init is None else f"{init:.3f}", f"{summary.mean:.3f}",
+                         f"{min(learned):.3f} – {max(learned):.3f}"])  # fmt: skip
+    if not rows:
+        return []
+    lines = ["", "## Learned alpha per layer (0 = average, large = max pooling), over seeds", ""]
+    return lines + _table(["pooling", "layer", "initial", "learned mean", "learned range"], rows)
+
+
+def _markdown(c: Comparison, title: str, notes: Sequence[str]) -> str:
+    lines = [f"# {title}", ""]
+    lines += [f"- {note}" for note in notes]
+    lines += ["", *_summary_tables(c), *_class_tables(c), *_alpha_table(c), "", "![compare.png](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def _write_csv(c: Comparison, path: Path) -> None:
+    keys = [key for key, _ in c.metrics] + [f"test/IoU/{name}" for name in c.classes]
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["pooling", "seeds", *(f"{k}_{s}" for k in keys for s in ("mean", "std", "diff", "diff_low", "diff_high"))])
+        for p in c.poolings:
+            row: list[object] = [p, len(c.results[p])]
+            for key in keys:
+                summary, d = summarize(list(c.values(p, key).values())), c.difference(p, key)
+                row += [summary.mean, summary.std, d.mean, d.low, d.high]
+            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+
+
+def _write_runs_csv(c: Comparison, path: Path) -> None:
+    keys = sorted({key for runs in c.results.values() for r in runs.values() for key in r.metrics})
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["pooling", "seed", *keys, "result_file"])
+        for p in c.poolings:
+            for seed, r in sorted(c.results[p].items()):
+                writer.writerow([p, seed, *(r.metrics.get(key, "") for key in keys), r.path or ""])
+
+
+def _plot(c: Comparison, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.2 * max(1, len(c.metrics)), 3.6), layout="constrained")
+    axes = figure.subplots(1, max(1, len(c.metrics)), squeeze=False)[0]
+    colours = [f"C{i}" for i in range(len(c.poolings))]
+    for ax, (key, title) in zip(axes, c.metrics):
+        for i, (p, colour) in enumerate(zip(c.poolings, colours)):
+            values = list(c.values(p, key).values())
+            if not values:
+                continue
+            spread = [i + 0.08 * (j - (len(values) - 1) / 2) for j in range(len(values))]
+            ax.scatter(spread, values, color=colour, alpha=0.55, s=22, label="seeds" if i == 0 else None)
+            summary = summarize(values)
+            ax.errorbar([i], [summary.mean], yerr=[0 if math.isnan(summary.std) else summary.std], color=colour,
+                        marker="D", markersize=7, capsize=4, linewidth=1.5)  # fmt: skip
+        ax.set_xticks(range(len(c.poolings)), c.poolings)
+        ax.set_xlim(-0.6, len(c.poolings) - 0.4)
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("test score (dots: seeds; diamond: mean ± std)")
+    figure.savefig(path, dpi=110)
+
+
+def write_report(c: Comparison, folder: str | Path, title: str, notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write ``compare.md``, ``compare.csv``, ``runs.csv`` and ``compare.png`` into ``folder``; return their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {name: folder / name for name in ("compare.md", "compare.csv", "runs.csv", "compare.png")}
+    paths["compare.md"].write_text(_markdown(c, title, notes))
+    _write_csv(c, paths["compare.csv"])
+    _write_runs_csv(c, paths["runs.csv"])
+    _plot(c, paths["compare.png"])
+    return paths
