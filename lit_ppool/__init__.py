@@ -17,6 +17,7 @@ _TRAINING_EXPORTS = {
     "PPoolSegmentationModule": "lit_ppool.training.module",
     "PaletteMaskWriter": "lit_ppool.training.writer",
     "TrimapJaccardIndex": "lit_ppool.training.metrics",
+    "BoundaryIoU": "lit_ppool.training.metrics",
     "SegmentationDataModule": "lit_ppool.training.data.base",
     "SyntheticDetailDataModule": "lit_ppool.training.data.synthetic",
     "SyntheticTexturesDataModule": "lit_ppool.training.data.synthetic",

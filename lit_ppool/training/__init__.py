@@ -12,7 +12,7 @@ from lit_ppool.training.data import (
 from lit_ppool.training.alpha_monitor import AlphaMonitor
 from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
 from lit_ppool.training.faults import NonFiniteLossError
-from lit_ppool.training.metrics import TrimapJaccardIndex
+from lit_ppool.training.metrics import BoundaryIoU, TrimapJaccardIndex
 from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
 from lit_ppool.training.writer import PaletteMaskWriter
 
@@ -20,6 +20,7 @@ __all__ = [
     "ADE20KDataModule",
     "AlphaMonitor",
     "AtomicCheckpointIO",
+    "BoundaryIoU",
     "NonFiniteLossError",
     "RandomStateCheckpoint",
     "CamVidDataModule",

@@ -20,7 +20,7 @@ from lit_ppool.layers.registry import available_poolings, pool_requires_num_chan
 from lit_ppool.surgery import NothingSwappedWarning, SwapReport, swap_pooling
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.faults import check_finite_loss
-from lit_ppool.training.metrics import TrimapJaccardIndex
+from lit_ppool.training.metrics import BoundaryIoU, TrimapJaccardIndex
 from lit_ppool.training.weights import create_model, skip_pretrained_weights
 
 __all__ = ["ConfigError", "LOSSES", "PPoolSegmentationModule", "available_archs", "available_encoders"]
@@ -131,8 +131,11 @@ class PPoolSegmentationModule(L.LightningModule):
     * ``{stage}/pixel_acc``: pixel accuracy over non-ignored pixels;
     * ``{stage}/trimap_mIoU``: mIoU within ``boundary_width`` pixels of a ground-truth boundary
       (:class:`~lit_ppool.training.metrics.TrimapJaccardIndex`), the detail-sensitive score;
-    * ``{stage}/IoU/<class name>``: per-class IoU at epoch end (names from the datamodule's
-      ``class_names``);
+    * ``{stage}/boundary_IoU``: the Boundary IoU of Cheng et al. (CVPR 2021), IoU within the
+      inner boundary bands of the target and predicted masks
+      (:class:`~lit_ppool.training.metrics.BoundaryIoU`);
+    * ``{stage}/IoU/<class name>`` and ``{stage}/boundary_IoU/<class name>``: per-class IoU and
+      Boundary IoU at epoch end (names from the datamodule's ``class_names``);
     * ``{stage}/loss`` and ``train/loss``.
 
     Args:
@@ -257,12 +260,19 @@ class PPoolSegmentationModule(L.LightningModule):
                 "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index, validate_args=False),
                 "pixel_acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index, validate_args=False),
                 "trimap_mIoU": TrimapJaccardIndex(num_classes, boundary_width, ignore_index, validate_args=False),
+                "boundary_IoU": BoundaryIoU(num_classes, ignore_index=ignore_index, validate_args=False),
             },
             compute_groups=False,
         )
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        per_class = MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index, validate_args=False)
+        per_class = MetricCollection(  # logged as {stage}/<key>/<class name> at epoch end
+            {
+                "IoU": MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index, validate_args=False),
+                "boundary_IoU": BoundaryIoU(num_classes, ignore_index=ignore_index, average="none", validate_args=False),
+            },
+            compute_groups=False,
+        )
         self.val_class_iou = per_class.clone()
         self.test_class_iou = per_class.clone()
         self.class_names = tuple(f"class_{i}" for i in range(num_classes))
@@ -340,8 +350,8 @@ class PPoolSegmentationModule(L.LightningModule):
 
     def _log_class_iou(self, stage: str) -> None:
         class_iou = self.val_class_iou if stage == "val" else self.test_class_iou
-        ious = class_iou.compute()
-        self.log_dict({f"{stage}/IoU/{name}": iou for name, iou in zip(self.class_names, ious)})
+        for key, ious in class_iou.compute().items():
+            self.log_dict({f"{stage}/{key}/{name}": iou for name, iou in zip(self.class_names, ious)})
         class_iou.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
