@@ -11,6 +11,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from lit_ppool.training.data.checks import check_labels
+
 __all__ = ["BoundaryIoU", "TrimapJaccardIndex", "boundary_band", "inner_boundary"]
 
 
