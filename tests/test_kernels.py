@@ -179,9 +179,32 @@ def test_triton_kernels_match_reference_in_the_interpreter():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 5
+    assert len(rows) == 6
     for row in rows:
         assert not row["failures"], row
+
+
+def test_triton_kernels_index_offsets_past_2_31_in_the_interpreter():
+    """Element offsets within a plane past 2**31 (a channels-last plane of more than 2**31 elements)
+    index in int64: with int32 products the read wraps around (a crash or garbage)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(
+        [sys.executable, str(TESTS / "triton_interpreter_check.py"), "--offsets"],
+        env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == {"case": "offsets past 2**31", "failures": []}
+
+
+@pytest.mark.cuda
+def test_triton_kernels_handle_sliced_inputs_on_cuda():
+    """A non-contiguous input: dL/dx is written through its own strides, not the input's."""
+    from lit_ppool.kernels.triton_kernels import TritonPPool2dFunction
+
+    x = make_input((2, 5, 12, 30), torch.float32, device="cuda")[..., 3:27:2]
+    for spec in [(2, 2, 0, 1, False), (3, 2, 1, 1, False)]:
+        assert not parity_failures(TritonPPool2dFunction, x, torch.tensor([2.0], device="cuda"), pool_geometry(*spec))
 
 
 @pytest.mark.cuda

@@ -9,6 +9,10 @@
   ``dL/dalpha`` per program; then a per-input kernel gathers, for each input, the
   contributions of the windows that contain it (``gather``-style, fixed order).
 
+Element offsets within a plane are int32 products (``h * sxh``), except where a tensor of the
+call spans 2**31 elements or more: then the kernels are compiled with ``INT64`` and index in
+int64 (a channels-last plane of N=1 and C*H*W >= 2**31 would otherwise wrap around).
+
 Numerics are those of :mod:`lit_ppool.kernels.reference` (``EPS`` floor, weights stabilised
 by the window maximum, padding weighs 0, NaN propagates). Checked against the reference on
 CPU with ``TRITON_INTERPRET=1`` in the test suite and on a GPU when one is present.
@@ -50,11 +54,17 @@ def _window_element(x_base, oh, ow, live, i, j, H, W, sxh, sxw,
 
 
 @triton.jit
-def _plane_and_block(alpha_ptr, C, size, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's (n, c) plane, its block of ``size`` positions (offsets and mask) and the plane's alpha."""
+def _plane_and_block(alpha_ptr, C, size, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    """This program's (n, c) plane, its block of ``size`` positions (offsets and mask) and the plane's alpha.
+
+    The offsets, and so every row, column and element offset derived from them, are int64 if ``INT64``.
+    """
     plane = tl.program_id(0).to(tl.int64)
     c = plane % C
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    block = tl.program_id(1)
+    if INT64:
+        block = block.to(tl.int64)
+    offs = block * BLOCK + tl.arange(0, BLOCK)
     alpha = tl.load(alpha_ptr + (c if PER_CHANNEL else 0)).to(tl.float32)
     return plane, plane // C, c, offs, offs < size, alpha
 
@@ -80,8 +90,8 @@ def _forward_kernel(x_ptr, alpha_ptr, y_ptr, lmax_ptr, C, H, W, OH, OW,
                     sxn, sxc, sxh, sxw, syn, syc, syh, syw,
                     PER_CHANNEL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                     SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-                    EPS: tl.constexpr, BLOCK: tl.constexpr):
-    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, OH * OW, PER_CHANNEL, BLOCK)
+                    EPS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, OH * OW, PER_CHANNEL, BLOCK, INT64)
     oh = offs // OW
     ow = offs % OW
     x_base = x_ptr + n * sxn + c * sxc
@@ -105,9 +115,9 @@ def _backward_windows_kernel(x_ptr, alpha_ptr, lmax_ptr, gy_ptr, y_ptr, gs_ptr, 
                              sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw,
                              PER_CHANNEL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                              SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr,
-                             DW: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr):
+                             DW: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     """Per output: y and dL/dy / sum(u) into float32 buffers; dL/dalpha summed per program."""
-    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, OH * OW, PER_CHANNEL, BLOCK)
+    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, OH * OW, PER_CHANNEL, BLOCK, INT64)
     oh = offs // OW
     ow = offs % OW
     x_base = x_ptr + n * sxn + c * sxc
@@ -132,16 +142,15 @@ def _backward_windows_kernel(x_ptr, alpha_ptr, lmax_ptr, gy_ptr, y_ptr, gs_ptr, 
 
 @triton.jit
 def _backward_inputs_kernel(x_ptr, alpha_ptr, lmax_ptr, y_ptr, gs_ptr, gx_ptr, C, H, W, OH, OW,
-                            sxn, sxc, sxh, sxw,
+                            sxn, sxc, sxh, sxw, sgxn, sgxc, sgxh, sgxw,
                             PER_CHANNEL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                             SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr,
-                            DW: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr):
+                            DW: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     """Per input: sum over the windows holding it of dL/dy w_i (1 + alpha (x_i - y) / x_i)."""
-    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, H * W, PER_CHANNEL, BLOCK)
+    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, H * W, PER_CHANNEL, BLOCK, INT64)
     h = offs // W
     w = offs % W
-    x_offsets = n * sxn + c * sxc + h * sxh + w * sxw
-    x = tl.load(x_ptr + x_offsets, mask=live, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + n * sxn + c * sxc + h * sxh + w * sxw, mask=live, other=0.0).to(tl.float32)
     log_x = tl.log(tl.maximum(x, EPS, propagate_nan=_NAN_MAX))
     grad = tl.zeros([BLOCK], tl.float32)
     out_base = plane * OH * OW
@@ -162,7 +171,7 @@ def _backward_inputs_kernel(x_ptr, alpha_ptr, lmax_ptr, y_ptr, gs_ptr, gx_ptr, C
             # The weight is locally constant below EPS, so the slope term vanishes there.
             slope = tl.where(x >= EPS, alpha * (x - y) / tl.maximum(x, EPS), 0.0)
             grad += tl.where(ok, grad_scaled * u * (1.0 + slope), 0.0)
-    tl.store(gx_ptr + x_offsets, grad.to(gx_ptr.dtype.element_ty), mask=live)
+    tl.store(gx_ptr + n * sgxn + c * sgxc + h * sgxh + w * sgxw, grad.to(gx_ptr.dtype.element_ty), mask=live)
 
 
 def _on_device(input: Tensor):
@@ -174,9 +183,15 @@ def _block(size: int) -> int:
     return max(16, min(1024, triton.next_power_of_2(size)))
 
 
-def _constexprs(geometry, per_channel: bool) -> dict:
+def _constexprs(geometry, per_channel: bool, *tensors: Tensor) -> dict:
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geometry[:4]
-    return dict(PER_CHANNEL=per_channel, KH=kh, KW=kw, SH=sh, SW=sw, PH=ph, PW=pw, DH=dh, DW=dw, EPS=EPS)
+    return {"PER_CHANNEL": per_channel, "KH": kh, "KW": kw, "SH": sh, "SW": sw, "PH": ph, "PW": pw, "DH": dh,
+            "DW": dw, "EPS": EPS, "INT64": _needs_int64(*tensors)}
+
+
+def _needs_int64(*tensors: Tensor) -> bool:
+    """Whether an element offset in one of ``tensors`` (its span, strides included) can reach 2**31."""
+    return any(sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) >= 2**31 - 1 for t in tensors)
 
 
 def _empty_like_layout(input: Tensor, shape, dtype) -> Tensor:
@@ -202,7 +217,7 @@ class TritonPPool2dFunction(torch.autograd.Function):
         with _on_device(input):
             _forward_kernel[grid](input, alpha_f32, output, log_max, c, h, w, oh, ow,
                                   *input.stride(), *output.stride(), BLOCK=block,
-                                  **_constexprs(geometry, alpha.numel() > 1))
+                                  **_constexprs(geometry, alpha.numel() > 1, input, output))
         ctx.save_for_backward(input, alpha, log_max)
         ctx.geometry = geometry
         return output
@@ -214,13 +229,13 @@ class TritonPPool2dFunction(torch.autograd.Function):
         n, c, h, w = input.shape
         oh, ow = log_max.shape[-2:]
         alpha_f32 = alpha.detach().to(torch.float32).contiguous()
-        constexprs = _constexprs(ctx.geometry, alpha.numel() > 1)
+        grad_input = _empty_like_layout(input, input.shape, input.dtype)
+        constexprs = _constexprs(ctx.geometry, alpha.numel() > 1, input, grad_output, grad_input)
         y = torch.empty_like(log_max)
         grad_scaled = torch.empty_like(log_max)
         block = _block(oh * ow)
         grid = (n * c, triton.cdiv(oh * ow, block))
         grad_alpha_blocks = torch.empty(grid, dtype=torch.float32, device=input.device)
-        grad_input = _empty_like_layout(input, input.shape, input.dtype)
         with _on_device(input):
             _backward_windows_kernel[grid](input, alpha_f32, log_max, grad_output, y, grad_scaled, grad_alpha_blocks,
                                            c, h, w, oh, ow, *input.stride(), *grad_output.stride(), BLOCK=block,
@@ -228,7 +243,7 @@ class TritonPPool2dFunction(torch.autograd.Function):
             block_in = _block(h * w)
             _backward_inputs_kernel[(n * c, triton.cdiv(h * w, block_in))](
                 input, alpha_f32, log_max, y, grad_scaled, grad_input, c, h, w, oh, ow, *input.stride(),
-                BLOCK=block_in, **constexprs)
+                *grad_input.stride(), BLOCK=block_in, **constexprs)
         grad_alpha = None
         if ctx.needs_input_grad[1]:
             grad_alpha = reduce_grad_alpha(grad_alpha_blocks.sum(dim=1).view(n, c), alpha)
