@@ -1,0 +1,171 @@
+"""`lit-ppool compare`: statistics, aggregation of hand-made results, and the command end to end (tiny)."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_ppool.compare import Comparison, load_results, paired_difference, summarize, write_report
+from lit_ppool.compare.runner import main as compare_main
+from lit_ppool.compare.stats import student_t_quantile
+from wandb_records import records
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+    "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}", "--data.init_args.image_size=32",
+    "--data.init_args.train_size=8", "--data.init_args.val_size=2", "--data.init_args.test_size=4",
+    "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=2",
+]  # fmt: skip
+
+
+# --- statistics ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("dof", "expected"), [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (30, 2.0423)])
+def test_t_quantile_matches_the_tables(dof, expected):
+    assert student_t_quantile(0.975, dof) == pytest.approx(expected, abs=2e-4)
+
+
+def test_paired_difference_by_hand():
+    a, b = {0: 0.60, 1: 0.70, 2: 0.65}, {0: 0.66, 1: 0.71, 2: 0.70}
+    d = paired_difference(a, b)
+    diffs = [0.06, 0.01, 0.05]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in diffs) / 2)
+    half = 4.302653 * sd / math.sqrt(3)
+    assert (d.n, d.mean) == (3, pytest.approx(mean))
+    assert (d.low, d.high) == (pytest.approx(mean - half, abs=1e-5), pytest.approx(mean + half, abs=1e-5))
+    assert d.excludes_zero is False  # 0.04 +- 0.066
+
+
+def test_paired_difference_uses_only_common_seeds_and_says_n_too_small():
+    d = paired_difference({0: 0.5, 1: 0.6}, {1: 0.7, 5: 0.9})
+    assert d.n == 1 and d.mean == pytest.approx(0.1) and not d.interval_known and math.isnan(d.low)
+    assert summarize([0.4]).n == 1 and math.isnan(summarize([0.4]).std)
+
+
+# --- aggregation of hand-made results ----------------------------------------------------------------------
+
+
+def _result(folder: Path, pooling: str, seed: int, miou: float, thin: float, alpha=None):
+    run = folder / pooling / f"seed_{seed}"
+    run.mkdir(parents=True)
+    metrics = {"test/mIoU": miou, "test/boundary_IoU": miou - 0.2, "test/trimap_mIoU": miou - 0.1, "test/pixel_acc": 0.9,
+               "test/IoU/background": 0.95, "test/IoU/thin": thin}  # fmt: skip
+    record = {"checkpoint": str(run / "checkpoints/last.ckpt"), "pooling": pooling, "seed": seed, "metrics": metrics,
+              "alpha": alpha or {}}  # fmt: skip
+    (run / "test-last.json").write_text(json.dumps(record))
+
+
+def test_aggregation_tables_on_hand_made_results(tmp_path):
+    for seed, (m_max, m_p, t_max, t_p) in enumerate([(0.60, 0.66, 0.30, 0.40), (0.70, 0.71, 0.35, 0.45), (0.65, 0.70, 0.32, 0.41)]):
+        _result(tmp_path, "max", seed, m_max, t_max)
+        _result(tmp_path, "p", seed, m_p, t_p, {"encoder_maxpool": {"mean": 1.5 + seed, "min": 1.5 + seed, "max": 1.5 + seed, "init": 1.0}})
+    _result(tmp_path, "avg", 0, 0.5, 0.1)  # one seed only: no interval
+    comparison = Comparison(load_results(tmp_path), ["max", "avg", "p"])
+    assert comparison.poolings == ["max", "avg", "p"] and comparison.classes == ["background", "thin"]
+    paths = write_report(comparison, tmp_path, "test", ["hand-made"])
+    markdown = paths["compare.md"].read_text()
+    assert "| max | 3 | 0.650 ± 0.050 |" in markdown  # mean 0.65, sd 0.05
+    assert "| avg | 1 | 0.500 |" in markdown and "(n too small)" in markdown
+    assert "+0.040 [-0.026, +0.106]" in markdown  # the p - max mIoU interval of the test above
+    assert "+0.097 [+0.084, +0.109] *" in markdown  # thin class: p wins on every seed
+    assert "| p | encoder_maxpool | 1.000 | 2.500 | 1.500 – 3.500 |" in markdown
+    rows = paths["compare.csv"].read_text().splitlines()
+    assert rows[0].startswith("pooling,seeds,test/mIoU_mean,test/mIoU_std,test/mIoU_diff")
+    assert [row.split(",")[0] for row in rows[1:]] == ["max", "avg", "p"]
+    assert len(paths["runs.csv"].read_text().splitlines()) == 1 + 7
+    assert paths["compare.png"].stat().st_size > 10_000
+
+
+def test_a_broken_result_file_is_named(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "test-last.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"x/test-last.json.* JSON"):
+        load_results(tmp_path)
+
+
+# --- bad input fails before any run ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--poolings", "max,pp"], "registry names from"),
+    (["--seeds", "0"], "count >= 1"),
+    (["--seeds", "two"], "count or a list of ints"),
+    ([], "Expected --config"),
+])  # fmt: skip
+def test_bad_arguments_fail_before_any_run(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = [] if args == [] else ["--config", str(ROOT / "configs" / "quickstart.yaml")]
+    with pytest.raises(SystemExit) as info:
+        compare_main([*config, *args])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_config_that_does_not_fit_fails_before_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        compare_main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.encoder_name=resnt18", *TINY])
+    assert info.value.code == 2 and "resnet18" in capsys.readouterr().err
+    assert not (tmp_path / "compare_quickstart").exists()
+
+
+# --- end to end --------------------------------------------------------------------------------------------
+
+
+def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--poolings", "max,p", "--seeds", "2",
+            "--output", "cmp", *TINY]  # fmt: skip
+    assert compare_main(args) == 0
+    out = tmp_path / "cmp"
+    for name in ("compare.md", "compare.csv", "runs.csv", "compare.png"):
+        assert (out / name).is_file()
+    markdown = (out / "compare.md").read_text()
+    assert "| max | 2 |" in markdown and "| p | 2 |" in markdown and "Boundary IoU" in markdown
+    assert "encoder_maxpool" in markdown  # the learned alpha table
+    # W&B runs grouped by experiment, job_type = pooling, tagged with pooling and seed
+    runs = [next(r.run for r in records(f) if r.WhichOneof("record_type") == "run")
+            for f in sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))]  # fmt: skip
+    assert len(runs) == 4 and {run.group for run in runs} == {"cmp"}
+    assert sorted((run.job_type, *sorted(run.tags)) for run in runs) == [
+        ("max", "cmp", "pooling=max", "seed=0"), ("max", "cmp", "pooling=max", "seed=1"),
+        ("p", "cmp", "pooling=p", "seed=0"), ("p", "cmp", "pooling=p", "seed=1"),
+    ]  # fmt: skip
+    overlays = sorted(out.glob("*/seed_*/run.yaml"))
+    assert len(overlays) == 4 and "group: cmp, job_type: p" in (out / "p" / "seed_1" / "run.yaml").read_text()
+    capsys.readouterr()
+
+    # a second invocation runs nothing
+    assert compare_main(args) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 4
+
+    # --aggregate on copied run folders gives the same tables
+    copy = tmp_path / "copied"
+    for run in out.glob("*/seed_*"):
+        shutil.copytree(run, copy / f"{run.parent.name}-{run.name}")
+    assert compare_main(["--aggregate", str(copy), "--poolings", "max,p"]) == 0
+    strip = lambda text: text.split("## Test metrics")[1]  # noqa: E731 (the header names the folder)
+    assert strip((copy / "compare.md").read_text()) == strip(markdown)
+
+
+def test_print_commands_run_as_printed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--poolings", "p", "--seeds", "1", "--output", "cmp", *TINY]
+    assert compare_main([*args, "--print-commands"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith("lit-ppool fit ") and " && lit-ppool test " in line
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # the lit-ppool script
+    result = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "WANDB_MODE": "offline", "PATH": path})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((tmp_path / "cmp" / "p" / "seed_0" / "test-last.json").read_text())
+    assert record["pooling"] == "p" and record["seed"] == 0 and "test/mIoU" in record["metrics"]
