@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,14 +78,12 @@ def _csv_metrics(path: Path) -> dict[str, float]:
 
 
 def run_metrics(run_dir: Path, ckpt_stem: str) -> dict[str, float]:
-    """The checkpoint's metrics: ``validate-<ckpt>.json`` and ``test-<ckpt>.json``, else metrics.csv's last values."""
-    metrics: dict[str, float] = {}
+    """The checkpoint's metrics: ``validate-<ckpt>.json`` and ``test-<ckpt>.json`` over metrics.csv's last values."""
+    metrics = _csv_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else {}
     for stage in ("validate", "test"):
         path = run_dir / f"{stage}-{ckpt_stem}.json"
-        if path.is_file():
+        if path.is_file():  # this checkpoint's own evaluation wins over the training log
             metrics.update(json.loads(path.read_text()).get("metrics", {}))
-    if not metrics and (run_dir / "metrics.csv").is_file():
-        metrics = _csv_metrics(run_dir / "metrics.csv")
     return dict(sorted(metrics.items()))
 
 
@@ -94,8 +93,8 @@ def _bake(model: nn.Module, example: torch.Tensor, atol: float) -> str:
 
     report = bake_pooling(model, example, atol=atol)
     lines = [
-        f"Layers whose alpha sits at a limit were replaced by native pooling where the largest absolute output "
-        f"difference, measured on a random input of shape {tuple(example.shape)}, was within {atol:g}.",
+        (f"Layers whose alpha sits at a limit were replaced by native pooling where the largest absolute output "
+        f"difference, measured on a random input of shape {tuple(example.shape)}, was within {atol:g}."),
         "", "| layer | now | measured max abs error |", "| --- | --- | ---: |",
     ]
     lines += [f"| `{b.name}` | {type(b.new).__name__} | {b.error:.3g} |" for b in report]
@@ -132,10 +131,12 @@ def _export_onnx(model: nn.Module, folder: Path, example: torch.Tensor, opset: i
 
     path = folder / "model.onnx"
     axes = {0: "batch", 2: "height", 3: "width"}
-    torch.onnx.export(
-        model, (example,), path, dynamo=True, opset_version=opset, input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": axes, "logits": axes}, external_data=False,
-    )
+    with warnings.catch_warnings():  # dynamic_axes names the ONNX dims; the checker below verifies the result
+        warnings.filterwarnings("ignore", message=".*'dynamic_axes' is not recommended")
+        torch.onnx.export(
+            model, (example,), path, dynamo=True, opset_version=opset, input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": axes, "logits": axes}, external_data=False,
+        )
     onnx.checker.check_model(str(path), full_check=True)
     compared = _compare_with_onnxruntime(path, model, example)
     print(f"lit-ppool export: wrote {path} (opset {opset}); onnx.checker passed; {compared}")
@@ -164,7 +165,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.bake:
         sections["Baked pooling"] = _bake(model, example, args.bake_atol)
     plot = run_dir / "alpha.png"
-    card = dict(metrics=run_metrics(run_dir, ckpt_path.stem), training_config=_training_config(run_dir, dict(module.hparams)))
+    card = {"metrics": run_metrics(run_dir, ckpt_path.stem), "training_config": _training_config(run_dir, dict(module.hparams))}
     if args.format == "hub":
         save_pretrained(model, output, alpha_plot=plot if plot.is_file() else None, sections=sections, **card)
         print(f"lit-ppool export: wrote {output} (config.json, model.safetensors, README.md); load it with lit_ppool.from_pretrained({str(output)!r})")
@@ -175,8 +176,8 @@ def _export(args: argparse.Namespace) -> int:
         (output / "alpha.png").write_bytes(plot.read_bytes())
     loading = (
         "Run `model.onnx` with any ONNX runtime (the swapped pooling is plain ONNX operators):",
-        "import numpy as np\nimport onnxruntime as ort\n\nsession = ort.InferenceSession(\"model.onnx\")\n"
-        "logits = session.run(None, {\"input\": image.astype(np.float32)})[0]",
+        ("import numpy as np\nimport onnxruntime as ort\n\nsession = ort.InferenceSession(\"model.onnx\")\n"
+         "logits = session.run(None, {\"input\": image.astype(np.float32)})[0]"),
     )
     text = model_card(model, plot_name="alpha.png" if plot.is_file() else None, sections=sections, loading=loading, **card)
     (output / "README.md").write_text(text)

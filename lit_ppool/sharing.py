@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -178,7 +179,7 @@ def _check_smp_model(model: Any) -> None:
     from segmentation_models_pytorch.base import SegmentationModel
 
     if not isinstance(model, SegmentationModel):
-        raise ValueError(
+        raise ValueError(  # noqa: TRY004 (the house rule: ValueError, as swap_pooling)
             "Expected argument `model` to be a segmentation_models_pytorch model (smp.Unet, smp.FPN, ..., "
             f"e.g. PPoolSegmentationModule.model), but got {type(model).__name__}."
         )
@@ -387,7 +388,12 @@ def _env_offline() -> bool:
 def _download(repo_id: str, revision: str | None) -> Path:
     """The local snapshot of a Hub repo (from the cache when offline), or a one-line error saying what to do."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     offline = _env_offline()
     try:
