@@ -145,6 +145,10 @@ class _GeometryPool2d(nn.Module):
     def _pool(self, windows: _Windows) -> Tensor:
         raise NotImplementedError
 
+    def init_options(self) -> dict:
+        """The non-geometry constructor keywords that rebuild this layer (learned values are in the state_dict)."""
+        return {}
+
     def extra_repr(self) -> str:
         return (
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -199,6 +203,10 @@ class AveragePool2d(nn.AvgPool2d):
                 f"but got {dilation!r}. Use `p` with alpha_init=0, or another pooling, for dilated windows."
             )
         super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+
+    def init_options(self) -> dict:
+        """The non-geometry constructor keywords that rebuild this layer."""
+        return {"count_include_pad": self.count_include_pad}
 
 
 class LpPool2d(_GeometryPool2d):
@@ -259,6 +267,13 @@ class LpPool2d(_GeometryPool2d):
             self.norm_type_raw = nn.Parameter(torch.tensor(_inverse_softplus(float(norm_type) - 1.0)))
         else:
             self.register_buffer("norm_type_raw", torch.tensor(float(norm_type)), persistent=False)
+
+    def init_options(self) -> dict:
+        """The non-geometry constructor keywords that rebuild this layer (a learned ``p`` is in the state_dict)."""
+        options = {"learnable": self.learnable, "normalize": self.normalize}
+        if not self.learnable:  # a non-persistent buffer: not in the state_dict
+            options["norm_type"] = float(self.norm_type_raw)
+        return options
 
     @property
     def norm_type(self) -> Tensor:
@@ -454,6 +469,10 @@ class DetailPreservingPool2d(_GeometryPool2d):
         binomial = torch.tensor([1.0, 2.0, 1.0])
         self.register_buffer("smoothing", (binomial[:, None] * binomial[None, :] / 16.0)[None, None], persistent=False)
 
+    def init_options(self) -> dict:
+        """The non-geometry constructor keywords that rebuild this layer (alpha and lambda are in the state_dict)."""
+        return {"symmetric": self.symmetric, "smooth": self.smooth}
+
     @property
     def dpp_alpha(self) -> Tensor:
         """The effective reward offset :math:`\\alpha`."""
@@ -559,6 +578,10 @@ class StridedConvPool2d(_GeometryPool2d):
             weight = torch.zeros(num_channels, num_channels, kh, kw)
             weight[range(num_channels), range(num_channels)] = 1.0 / (kh * kw)
         self.weight = nn.Parameter(weight)
+
+    def init_options(self) -> dict:
+        """The non-geometry constructor keywords that rebuild this layer (the weights are in the state_dict)."""
+        return {"num_channels": self.num_channels, "depthwise": self.depthwise}
 
     def _pool(self, windows: _Windows) -> Tensor:
         x = windows.x

@@ -130,6 +130,11 @@ class PPool2d(nn.Module):
         else:
             self.register_buffer("alpha_raw", initial)
 
+    def init_options(self) -> dict:
+        """The non-geometry constructor keywords that rebuild this layer (alpha itself is in the state_dict)."""
+        learnable = isinstance(self.alpha_raw, nn.Parameter)
+        return {"num_channels": self.num_channels, "alpha_max": self.alpha_max, "learnable": learnable}
+
     @property
     def alpha(self) -> Tensor:
         """The effective alpha, ``alpha_raw`` clamped to ``[0, alpha_max]``: what ``forward`` uses."""

@@ -1,0 +1,201 @@
+"""``lit-ppool export``: a training checkpoint to a shareable folder (smp/Hub layout or ONNX), with a model card.
+
+::
+
+    lit-ppool export --ckpt_path lightning_logs/quickstart/version_0/checkpoints/last.ckpt --output exported/
+    lit-ppool export --ckpt_path ... --output exported_onnx/ --format onnx --opset 18
+    lit-ppool export --ckpt_path ... --output baked/ --bake
+
+The model card takes the checkpoint's run folder into account: the metrics of
+``lit-ppool validate|test`` (``<run>/validate-<ckpt>.json``, ``<run>/test-<ckpt>.json``, else
+the last ``val/*`` and ``test/*`` values of ``<run>/metrics.csv``), the training config
+(``<run>/config.yaml``, else the checkpoint's hyper-parameters) and the alpha plot
+(``<run>/alpha.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["main"]
+
+DEFAULT_OPSET = 18
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lit-ppool export",
+        description="Export a lit-ppool training checkpoint: the smp / Hugging Face Hub layout that "
+        "lit_ppool.from_pretrained loads (--format hub), or ONNX (--format onnx), with a model card.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="training checkpoint (e.g. <run>/checkpoints/last.ckpt)")
+    parser.add_argument("--output", required=True, help="folder to write (created)")
+    parser.add_argument("--format", choices=["hub", "onnx"], default="hub", help="hub (default): config.json, model.safetensors, README.md; onnx: model.onnx, README.md")
+    parser.add_argument("--bake", action="store_true", help="turn P-pooling layers whose alpha sits at a limit into native pooling (error measured)")
+    parser.add_argument("--bake_atol", "--bake-atol", type=float, default=1e-4, help="largest max abs output difference a baked layer may make (default 1e-4)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument(
+        "--example_size", "--example-size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"),
+        help="height and width of the random example input used to trace ONNX and measure baking (default 64 64)",
+    )
+    return parser
+
+
+def _load_module(ckpt_path: Path) -> Any:
+    from lit_ppool.training.module import PPoolSegmentationModule
+    from lit_ppool.training.runs import checkpoint_path_problem
+
+    problem = checkpoint_path_problem(str(ckpt_path))
+    if problem is not None:
+        raise FileNotFoundError(f"Expected --ckpt_path to be a checkpoint file, but got {problem}.")
+    try:
+        return PPoolSegmentationModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+    except (KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(
+            f"Expected {ckpt_path} to be a checkpoint of a lit-ppool run (PPoolSegmentationModule), but loading it "
+            f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
+
+
+def _csv_metrics(path: Path) -> dict[str, float]:
+    """The last logged value of every ``val/*`` and ``test/*`` column of a CSVLogger's metrics.csv."""
+    metrics: dict[str, float] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key and key.startswith(("val/", "test/")) and value not in (None, ""):
+                    metrics[key] = float(value)
+    return metrics
+
+
+def run_metrics(run_dir: Path, ckpt_stem: str) -> dict[str, float]:
+    """The checkpoint's metrics: ``validate-<ckpt>.json`` and ``test-<ckpt>.json`` over metrics.csv's last values."""
+    metrics = _csv_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else {}
+    for stage in ("validate", "test"):
+        path = run_dir / f"{stage}-{ckpt_stem}.json"
+        if path.is_file():  # this checkpoint's own evaluation wins over the training log
+            metrics.update(json.loads(path.read_text()).get("metrics", {}))
+    return dict(sorted(metrics.items()))
+
+
+def _bake(model: nn.Module, example: torch.Tensor, atol: float) -> str:
+    """Bake the model in place; the card section listing what was baked (with the measured error) and what was kept."""
+    from lit_ppool.surgery import bake_pooling
+
+    report = bake_pooling(model, example, atol=atol)
+    lines = [
+        (f"Layers whose alpha sits at a limit were replaced by native pooling where the largest absolute output "
+        f"difference, measured on a random input of shape {tuple(example.shape)}, was within {atol:g}."),
+        "", "| layer | now | measured max abs error |", "| --- | --- | ---: |",
+    ]
+    lines += [f"| `{b.name}` | {type(b.new).__name__} | {b.error:.3g} |" for b in report]
+    lines += [f"| `{k.name}` | kept ({k.reason}) | - |" for k in report.kept]
+    for b in report:
+        print(f"lit-ppool export: baked {b.name}: {type(b.old).__name__} -> {type(b.new).__name__} (max abs error {b.error:.3g})")
+    for k in report.kept:
+        print(f"lit-ppool export: kept {k.name}: {k.reason}")
+    return "\n".join(lines)
+
+
+def _training_config(run_dir: Path, hparams: dict[str, Any]) -> str | dict[str, Any]:
+    path = run_dir / "config.yaml"
+    return path.read_text() if path.is_file() else {k: v for k, v in hparams.items() if not k.startswith("_")}
+
+
+def _compare_with_onnxruntime(path: Path, model: nn.Module, example: torch.Tensor) -> str:
+    """One line: the max abs difference between onnxruntime and torch on ``example``, or why it was not run."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return "onnxruntime is not installed: the model was checked with onnx.checker only, not run."
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {"input": example.numpy()})
+    with torch.no_grad():
+        expected = model(example)
+    error = (torch.from_numpy(output) - expected).abs().max().item()
+    return f"onnxruntime {onnxruntime.__version__} against torch on one input of shape {tuple(example.shape)}: max abs difference {error:.3g}."
+
+
+def _export_onnx(model: nn.Module, folder: Path, example: torch.Tensor, opset: int) -> str:
+    """Write ``model.onnx`` (dynamic batch, height and width), check it, and return the card section."""
+    import onnx
+
+    path = folder / "model.onnx"
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():  # dynamic_axes names the ONNX dims; the checker below verifies the result
+        warnings.filterwarnings("ignore", message=".*'dynamic_axes' is not recommended")
+        torch.onnx.export(
+            model, (example,), path, dynamo=True, opset_version=opset, input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": axes, "logits": axes}, external_data=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    compared = _compare_with_onnxruntime(path, model, example)
+    print(f"lit-ppool export: wrote {path} (opset {opset}); onnx.checker passed; {compared}")
+    return (
+        f"`model.onnx`, opset {opset}, exported with `torch.onnx.export(..., dynamo=True)`. Input `input`: "
+        f"float32 `(batch, {example.shape[1]}, height, width)`; output `logits`: float32 `(batch, classes, height, "
+        "width)`. Batch, height and width are dynamic axes (height and width must suit the encoder's depth, "
+        f"e.g. multiples of 32 for depth 5). `onnx.checker` passed. {compared}"
+    )
+
+
+def _export(args: argparse.Namespace) -> int:
+    from lit_ppool.sharing import model_card, save_pretrained
+    from lit_ppool.training.runs import run_dir_of
+
+    ckpt_path = Path(args.ckpt_path).expanduser()
+    output = Path(args.output).expanduser()
+    if output.is_file():
+        raise FileExistsError(f"Expected --output to be a folder, but got the file {output}.")
+    module = _load_module(ckpt_path)
+    model = module.model.eval()
+    run_dir = run_dir_of(ckpt_path)
+    in_channels = model.config.get("in_channels", 3)
+    example = torch.rand(1, in_channels, *args.example_size)
+    sections: dict[str, str] = {"Exported from": f"The checkpoint `{ckpt_path.name}` of the run `{run_dir.name}` (`lit-ppool export`)."}
+    if args.bake:
+        sections["Baked pooling"] = _bake(model, example, args.bake_atol)
+    plot = run_dir / "alpha.png"
+    card = {"metrics": run_metrics(run_dir, ckpt_path.stem), "training_config": _training_config(run_dir, dict(module.hparams))}
+    if args.format == "hub":
+        save_pretrained(model, output, alpha_plot=plot if plot.is_file() else None, sections=sections, **card)
+        print(f"lit-ppool export: wrote {output} (config.json, model.safetensors, README.md); load it with lit_ppool.from_pretrained({str(output)!r})")
+        return 0
+    output.mkdir(parents=True, exist_ok=True)
+    sections["ONNX"] = _export_onnx(model, output, example, args.opset)
+    if plot.is_file():
+        (output / "alpha.png").write_bytes(plot.read_bytes())
+    loading = (
+        "Run `model.onnx` with any ONNX runtime (the swapped pooling is plain ONNX operators):",
+        ("import numpy as np\nimport onnxruntime as ort\n\nsession = ort.InferenceSession(\"model.onnx\")\n"
+         "logits = session.run(None, {\"input\": image.astype(np.float32)})[0]"),
+    )
+    text = model_card(model, plot_name="alpha.png" if plot.is_file() else None, sections=sections, loading=loading, **card)
+    (output / "README.md").write_text(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``lit-ppool export`` with ``argv`` (the arguments after ``export``); return the exit code.
+
+    Errors about the input (a missing or foreign checkpoint, an output that is a file) print
+    one line and return 2, like the other ``lit-ppool`` commands.
+
+    Example:
+        >>> main(["--help"])  # doctest: +SKIP
+    """
+    args = _parser().parse_args(sys.argv[2:] if argv is None else argv)
+    try:
+        return _export(args)
+    except (ValueError, OSError) as err:
+        print(f"lit-ppool export: error: {err}", file=sys.stderr)
+        return 2
