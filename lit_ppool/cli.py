@@ -52,6 +52,7 @@ swapped for polynomial pooling (P-pooling) or another pooling of the registry.
   lit-ppool predict --config CFG --ckpt_path CKPT         palette PNG masks
   lit-ppool fit --config CFG --print_config               the whole configuration
   lit-ppool compare --config CFG --poolings max,avg,p     poolings x seeds, with error bars (compare --help)
+  lit-ppool export --ckpt_path CKPT --output DIR          a shareable model folder or ONNX (export --help)
   lit-ppool <subcommand> --help                           every option of a subcommand
 """
 
@@ -320,7 +321,7 @@ def run_cli(args: Any = None, run: bool = True) -> PPoolCLI:
 
 
 # commands of lit-ppool that are not Trainer methods: name -> module with main(argv) -> exit status
-OTHER_COMMANDS = {"compare": "lit_ppool.compare.runner"}
+OTHER_COMMANDS = {"compare": "lit_ppool.compare.runner", "export": "lit_ppool.export"}
 
 
 def main(args: Any = None) -> None:

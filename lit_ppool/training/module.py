@@ -298,7 +298,14 @@ class PPoolSegmentationModule(L.LightningModule):
         weights file), unless ``strict=False`` asks to keep weights the checkpoint lacks.
         """
         with skip_pretrained_weights(strict is not False):
-            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+            return super().load_from_checkpoint(
+                checkpoint_path,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=weights_only,
+                **kwargs,
+            )
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
