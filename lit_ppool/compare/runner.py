@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -121,7 +122,9 @@ def _check_config(configs: Sequence[str], overrides: Sequence[str], poolings: Se
 
     for pooling in poolings:
         args = [a for c in configs for a in ("--config", c)] + [*overrides, f"--model.pooling={pooling}", "--model.pooling_kwargs=null"]
-        run_cli(args, run=False)
+        with warnings.catch_warnings():  # LightningCLI warns that sys.argv (compare's own) is not what it parses
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            run_cli(args, run=False)
 
 
 def _run_logged(args: Sequence[str], log: Path) -> tuple[int, float]:
