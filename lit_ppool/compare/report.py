@@ -90,7 +90,7 @@ def _class_tables(c: Comparison) -> list[str]:
 def _alpha_table(c: Comparison) -> list[str]:
     rows = []
     for p in c.poolings:
-        layers = sorted({name for r in c.results[p].values() for name in r.alpha})
+        layers = list(dict.fromkeys(name for r in c.results[p].values() for name in r.alpha))  # network order
         for name in layers:
             learned = [r.alpha[name]["mean"] for r in c.results[p].values() if name in r.alpha]
             init = next(r.alpha[name].get("init") for r in c.results[p].values() if name in r.alpha)
