@@ -59,12 +59,12 @@ def test_quickstart_fit_test_predict_end_to_end(tmp_path):
     # `last` is the newest run's last.ckpt; evaluation adds no log version and no W&B run
     wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     cli = run_cli(["test", *TINY, "--ckpt_path=last"])
-    assert cli.config_init.test.ckpt_path == str(last1)
+    assert Path(cli.config_init.test.ckpt_path).resolve() == last1
     mIoU = cli.trainer.callback_metrics["test/mIoU"].item()
     assert 0.0 <= mIoU <= 1.0
     assert {"test/pixel_acc", "test/trimap_mIoU", "test/IoU/thin_line"} <= set(cli.trainer.callback_metrics)
     written = json.loads((run1 / "test-last.json").read_text())
-    assert written["checkpoint"] == str(last1) and written["metrics"]["test/mIoU"] == pytest.approx(mIoU)
+    assert Path(written["checkpoint"]).resolve() == last1 and written["metrics"]["test/mIoU"] == pytest.approx(mIoU)
 
     main(["predict", *TINY, f"--ckpt_path={last0}"])
     masks = sorted((run0 / "predictions" / "last").glob("*.png"))

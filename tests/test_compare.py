@@ -135,7 +135,7 @@ def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, ca
     # W&B runs grouped by experiment, job_type = pooling, tagged with pooling and seed
     runs = [next(r.run for r in records(f) if r.WhichOneof("record_type") == "run")
             for f in sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))]  # fmt: skip
-    assert len(runs) == 4 and {run.group for run in runs} == {"cmp"}
+    assert len(runs) == 4 and {run.run_group for run in runs} == {"cmp"}
     assert sorted((run.job_type, *sorted(run.tags)) for run in runs) == [
         ("max", "cmp", "pooling=max", "seed=0"), ("max", "cmp", "pooling=max", "seed=1"),
         ("p", "cmp", "pooling=p", "seed=0"), ("p", "cmp", "pooling=p", "seed=1"),

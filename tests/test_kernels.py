@@ -96,7 +96,7 @@ def test_cpu_kernel_builds_for_other_isas_match_reference(isa):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.splitlines()[-1])
-    assert report["module"] == f"lit_ppool_p_pool2d_cpu_{isa}"
+    assert report["module"].startswith(f"lit_ppool_p_pool2d_cpu_{isa}_")  # per ISA and checkout
     assert not report["failures"], report["failures"]
 
 

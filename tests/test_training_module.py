@@ -72,7 +72,7 @@ def test_scheduler_is_returned_with_its_interval():
     ("override", "listed"),
     [
         ({"arch": "NotAnArch"}, "DeepLabV3Plus"),
-        ({"encoder_name": "resnet7"}, "resnet101"),
+        ({"encoder_name": "resnet7"}, "Did you mean 'resnet50'"),
         ({"encoder_name": "tu-not_a_timm_model"}, "timm"),
         ({"pooling": "maxx"}, "softpool"),
         ({"loss": "focal"}, "lovasz"),
@@ -95,11 +95,11 @@ def test_num_classes_must_match_datamodule(tmp_path):
 
 
 def test_out_of_range_label_names_the_value():
-    module = PPoolSegmentationModule(**TINY)
+    # checked on the host, before the batch moves to the device (the training step itself never syncs)
     batch = {"image": torch.randn(1, 3, 32, 32), "mask": torch.zeros(1, 32, 32, dtype=torch.long), "name": ["img_7"]}
     batch["mask"][0, 3, 3] = 9
     with pytest.raises(ValueError, match=r"img_7.*\[9\]"):
-        module.training_step(batch, 0)
+        tiny_data().on_before_batch_transfer(batch, 0)
 
 
 def test_fit_logs_metrics_and_checkpoint_restores_swapped_model_and_alpha(tmp_path):

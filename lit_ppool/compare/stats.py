@@ -43,8 +43,9 @@ def summarize(values: Sequence[float]) -> Summary:
     """Mean and sample standard deviation.
 
     Example:
-        >>> summarize([0.5, 0.7])
-        Summary(n=2, mean=0.6, std=0.1414213562373095)
+        >>> s = summarize([0.5, 0.7])
+        >>> s.n, round(s.mean, 6), round(s.std, 6)
+        (2, 0.6, 0.141421)
     """
     n = len(values)
     if n == 0:

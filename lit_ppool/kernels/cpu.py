@@ -13,6 +13,7 @@ kernel ...``) when loading takes longer than a cached load would. If the build f
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -63,7 +64,11 @@ class _NoCudaNotice(logging.Filter):
 def load_extension() -> Optional[ModuleType]:
     """Build (first call on a machine) or load the CPU kernel; ``None`` if that is impossible."""
     capability = torch.backends.cpu.get_cpu_capability()
-    name = "lit_ppool_p_pool2d_cpu_" + re.sub(r"\W", "_", capability.lower())
+    # one build folder per ISA and per checkout: two checkouts (or installs) on one machine would
+    # otherwise rewrite each other's build file and rebuild on every load
+    checkout = hashlib.sha1(str(SOURCE.resolve()).encode()).hexdigest()[:8]
+    isa = re.sub(r"\W", "_", capability.lower())
+    name = f"lit_ppool_p_pool2d_cpu_{isa}_{checkout}"
     notice = threading.Timer(BUILD_NOTICE_AFTER_S, _announce_build)
     notice.daemon = True
     try:
