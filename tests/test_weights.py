@@ -96,6 +96,13 @@ def test_offline_pretrained_weights_fail_at_once_saying_how_to_get_them(hub, enc
         assert f"smp.encoders.get_encoder('{encoder_name}', weights='imagenet')" in message
 
 
+def test_deprecated_timm_encoder_names_take_smps_timm_model(hub):
+    # smp maps timm-mobilenetv3_* to tu-tf_mobilenetv3_*: the weights asked for are that model's
+    with pytest.raises(WeightsUnavailableError) as info:
+        create_model("Unet", "timm-mobilenetv3_small_100", "imagenet", 3)
+    assert "timm.create_model('tf_mobilenetv3_small_100', pretrained=True)" in str(info.value)
+
+
 def test_unreachable_hub_fails_after_one_request_not_after_retries(unreachable_hub):
     # huggingface_hub alone retries with back-off (1+2+4+8+8 s) before giving up
     start = time.perf_counter()

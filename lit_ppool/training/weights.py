@@ -20,12 +20,14 @@ import pickle
 import re
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import segmentation_models_pytorch as smp
+import timm
 import torch
 from torch import Tensor, nn
 
@@ -170,14 +172,14 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike, encoder_na
 
 
 def _timm_name(encoder_name: str) -> str | None:
-    """The timm model behind a ``tu-`` encoder (or a deprecated ``timm-`` one smp maps to ``tu-``), else None."""
+    """The timm model behind a ``tu-`` encoder, or behind a deprecated ``timm-`` one that smp maps to ``tu-``."""
     if encoder_name.startswith("tu-"):
         return encoder_name[3:]
-    is_timm = getattr(smp.encoders, "is_equivalent_to_timm_universal", lambda name: False)
-    if is_timm(encoder_name):
-        name = encoder_name.replace("timm-", "")
-        return f"tf_{name}" if "mobilenetv3" in name else name
-    return None
+    if not smp.encoders.is_equivalent_to_timm_universal(encoder_name):
+        return None
+    with warnings.catch_warnings():  # smp's deprecation of the timm- names: the user's choice, warned about at build
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return smp.encoders.get_encoder(encoder_name, weights=None).name  # smp's own timm- -> tu- mapping
 
 
 def _looks_like_path(value: Any) -> bool:
@@ -290,8 +292,6 @@ def _ensure_smp_hub_weights(encoder_name: str, weights: str) -> None:
 
 
 def _timm_pretrained_cfg(timm_name: str, encoder_name: str) -> Any:
-    import timm
-
     try:
         return timm.models.get_pretrained_cfg(timm_name)
     except RuntimeError as err:  # e.g. an unknown pretrained tag
@@ -437,10 +437,13 @@ def _is_head(key: str) -> bool:
 
 
 def _adapt_first_conv(weight: Tensor, shape: torch.Size) -> Tensor | None:
-    """A 3-input-channel first convolution adapted to ``shape`` as smp adapts pretrained weights, else None."""
-    if weight.ndim != 4 or len(shape) != 4 or weight.shape[1] != 3 or weight.shape[0] != shape[0] or weight.shape[2:] != shape[2:]:
+    """A 3-input-channel first convolution adapted to ``shape``, else None.
+
+    timm's ``adapt_input_conv``: what timm does for smp's ``tu-`` encoders, and the same as smp's
+    ``encoder.set_in_channels(in_channels, pretrained=True)`` for its own encoders.
+    """
+    if weight.ndim != 4 or len(shape) != 4 or weight.shape[1] != 3:
         return None
-    channels = shape[1]
-    if channels == 1:
-        return weight.sum(1, keepdim=True)
-    return weight[:, torch.arange(channels) % 3] * (3 / channels)
+    if weight.shape[0] != shape[0] or weight.shape[2:] != shape[2:]:
+        return None
+    return timm.models.adapt_input_conv(shape[1], weight)
