@@ -159,6 +159,15 @@ def _check_input(input: Tensor) -> None:
         )
 
 
+def _check_num_channels(input: Tensor, num_channels: int | None, layer: str) -> None:
+    """Raise if a layer built for ``num_channels`` input channels gets another count (``None``: any)."""
+    if num_channels is not None and (input.dim() < 3 or input.shape[-3] != num_channels):
+        raise ValueError(
+            f"{layer} was built with num_channels={num_channels}, but got an input of "
+            f"shape {tuple(input.shape)}. Build it with the input's channel count."
+        )
+
+
 def _as_alpha_tensor(alpha: float | Tensor, input: Tensor, channels: int) -> Tensor:
     if isinstance(alpha, Tensor):
         if alpha.numel() not in (1, channels):
@@ -201,9 +210,12 @@ def p_pool2d(
     Args:
         input: Non-negative activations (e.g. post-ReLU), any floating dtype.
         alpha: The exponent, ``>= 0``: a float, or a tensor with one value (per layer) or
-            ``C`` values (per channel). A tensor on the GPU is used as given (checking it
-            would cost a device sync); the CPU kernel rejects negative values.
-            :class:`lit_ppool.PPool2d` keeps its alpha in range.
+            ``C`` values (per channel). A negative float is rejected everywhere. A tensor's
+            sign is checked only by the fused CPU kernel (float32/float16/bfloat16 CPU
+            input, backend ``auto`` or ``cpp``, not under ``torch.compile``/``torch.jit``
+            tracing); float64, the ``reference`` backend, tracing and the GPU (where a check
+            would cost a device sync) use it as given: a negative value then pools below
+            the window's average. :class:`lit_ppool.PPool2d` keeps its alpha in range.
         kernel_size: Window size, int or ``(kh, kw)``.
         stride: Window stride; default ``kernel_size``.
         padding: Implicit padding on both sides, at most half the kernel size.
@@ -215,8 +227,8 @@ def p_pool2d(
 
     Raises:
         TypeError: If ``input`` is not a floating tensor or an argument has the wrong type.
-        ValueError: If the shape, geometry or alpha is invalid (a negative tensor alpha is
-            caught on the CPU), or the input is too small.
+        ValueError: If the shape, geometry or alpha is invalid (a negative tensor alpha only
+            on the fused CPU kernel, see ``alpha``), or the input is too small.
 
     Example:
         >>> x = torch.tensor([[[[1.0, 3.0], [0.0, 4.0]]]])

@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from lit_ppool.functional import pool_geometry
-from lit_ppool.layers.ppool import GlobalPPool2d, PPool2d
+from lit_ppool.layers.ppool import GlobalPPool2d, PPool2d, PPoolBase  # noqa: F401 (PPool2d: the doctests)
 from lit_ppool.layers.registry import POOLINGS, available_poolings, create_pool2d
+from lit_ppool.layers.registry import global_pool as _global_pool
+from lit_ppool.layers.registry import is_global_pool as _is_global
 from lit_ppool.layers.same import SamePadPool2d
-from lit_ppool.surgery import _global_pool, _is_global
 
 __all__ = ["NotASavedModelError", "SavedModelError", "build_layer", "from_pretrained", "layer_record", "model_card", "save_pretrained"]
 
@@ -258,7 +259,7 @@ def save_pretrained(
 def _alpha_text(module: nn.Module) -> str:
     """The learned alpha of a P-pooling layer for the card (``-`` for other layers)."""
     inner = module.pool if isinstance(module, SamePadPool2d) else module
-    if not isinstance(inner, PPool2d):
+    if not isinstance(inner, PPoolBase):
         return "-"
     alpha = inner.alpha.detach().float().cpu()
     if alpha.numel() == 1:

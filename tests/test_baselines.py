@@ -91,6 +91,11 @@ def test_bad_input_is_refused_clearly(name):
         build(name, 2)(torch.rand(4, 4))
     with pytest.raises(ValueError, match="too small"):
         build(name, 3)(torch.rand(1, 2, 2, 2))
+    # the same errors as p_pool2d: a non-floating dtype or a non-tensor is a TypeError
+    with pytest.raises(TypeError, match="floating-point"):
+        build(name, 2)(torch.ones(1, 2, 4, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        build(name, 2)([[1.0]])
 
 
 # ---------------------------------------------------------------- avg

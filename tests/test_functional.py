@@ -338,3 +338,21 @@ def test_per_channel_alpha_applies_per_channel():
 def test_bad_input_raises_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call(torch.rand(1, 3, 8, 8))
+
+
+def test_channel_count_check_is_the_same_for_every_layer():
+    from lit_ppool import GlobalPPool2d, PPool2d, create_pool2d
+    from lit_ppool.layers.registry import pool_with_padding
+
+    x = torch.rand(1, 3, 6, 6)
+    p, strided = PPool2d(2, num_channels=4), create_pool2d("strided_conv", 2, num_channels=4)
+    calls = [
+        ("PPool2d", p),
+        ("PPool2d", lambda x: pool_with_padding(p, x, 0, False)),
+        ("GlobalPPool2d", GlobalPPool2d(num_channels=4)),
+        ("StridedConvPool2d", strided),
+        ("StridedConvPool2d", lambda x: pool_with_padding(strided, x, 0, False)),
+    ]
+    for layer, call in calls:
+        with pytest.raises(ValueError, match=rf"{layer} was built with num_channels=4, but got an input of shape \(1, 3, 6, 6\)"):
+            call(x)

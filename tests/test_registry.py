@@ -7,8 +7,16 @@ import torch
 from torch import nn
 
 from lit_ppool import available_poolings, create_pool2d, get_pool_layer
-from lit_ppool.layers import PPool2d
-from lit_ppool.layers.registry import POOLINGS, pool_requires_num_channels, pool_with_padding
+from lit_ppool.layers import GlobalPPool2d, PPool2d
+from lit_ppool.layers.registry import (
+    POOLING_SPECS,
+    POOLINGS,
+    global_pool,
+    is_global_pool,
+    pool_requires_num_channels,
+    pool_with_padding,
+    resolve_pooling,
+)
 
 NAMES = ["avg", "dpp", "gated", "lp", "max", "mixed", "p", "softpool", "strided_conv"]
 CHANNELS = 3
@@ -36,7 +44,7 @@ def test_names_are_the_documented_ones():
 
 
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="Expected argument `to` to be one of") as info:
+    with pytest.raises(ValueError, match="Expected argument `pooling` to be one of") as info:
         get_pool_layer("maxx")
     for name in NAMES:
         assert repr(name) in str(info.value)
@@ -92,3 +100,40 @@ def test_pool_with_padding_matches_a_layer_built_with_that_padding(name):
 def test_pool_with_padding_rejects_unregistered_modules():
     with pytest.raises(TypeError, match="registered pooling"):
         pool_with_padding(nn.LPPool2d(2, 2), torch.rand(1, 1, 4, 4), 0, False)
+
+
+def test_the_table_has_one_spec_per_name_and_one_resolver():
+    assert all(spec.name == name and POOLINGS[name] is spec.cls for name, spec in POOLING_SPECS.items())
+    assert [name for name, spec in POOLING_SPECS.items() if spec.needs_channels] == ["strided_conv"]
+    assert sorted(name for name, spec in POOLING_SPECS.items() if spec.global_form) == ["avg", "max", "p"]
+    for given in ("P", " strided-conv ", POOLINGS["lp"], functools.partial(PPool2d, alpha_init=2.0)):
+        resolved = resolve_pooling(given)
+        assert resolved.spec is POOLING_SPECS[resolved.spec.name]
+    assert resolve_pooling(functools.partial(functools.partial(PPool2d, alpha_init=2.0), alpha_init=3.0)).options == {"alpha_init": 3.0}
+    with pytest.raises(ValueError, match="Expected argument `to` to be one of"):  # the caller's argument name
+        resolve_pooling("maxx", "to")
+
+
+def test_global_forms_come_from_the_table():
+    assert isinstance(global_pool("p", {"alpha_init": 0.5, "kernel_size": 3}), GlobalPPool2d)
+    assert type(global_pool("max")) is nn.AdaptiveMaxPool2d and type(global_pool(nn.AvgPool2d)) is nn.AdaptiveAvgPool2d
+    assert global_pool(functools.partial(PPool2d, alpha_init=0.0)).alpha.item() == 0.0
+    with pytest.raises(ValueError, match="'softpool' has no global form.*'p' \\(GlobalPPool2d\\)"):
+        global_pool("softpool")
+    assert is_global_pool(GlobalPPool2d()) and is_global_pool(nn.AdaptiveMaxPool2d((1, 1)))
+    assert not is_global_pool(nn.AdaptiveAvgPool2d(2)) and not is_global_pool(nn.MaxPool2d(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scriptable_flag_is_honoured_both_ways(name):
+    layer, x = build(name, kernel_size=3, stride=2, padding=1), torch.rand(1, CHANNELS, 9, 8)
+    if POOLING_SPECS[name].scriptable:
+        torch.testing.assert_close(torch.jit.script(layer)(x), layer(x))
+    else:
+        with pytest.raises(Exception):
+            torch.jit.script(layer)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_learnable_flag_matches_the_parameters(name):
+    assert bool(list(build(name, kernel_size=2).parameters())) == POOLING_SPECS[name].learnable

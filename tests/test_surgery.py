@@ -9,10 +9,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from lit_ppool import GlobalPPool2d, PPool2d, SwapReport, available_poolings, bake_pooling, swap_pooling
+from lit_ppool import GlobalPPool2d, PPool2d, PPoolBase, SwapReport, available_poolings, bake_pooling, swap_pooling
 from lit_ppool.layers.baselines import AveragePool2d
 from lit_ppool.layers.same import SamePadPool2d
-from lit_ppool.surgery import Skip, Swap
+from lit_ppool.surgery import SKIP_KINDS, Skip, Swap
 
 pool2d_same = pytest.importorskip("timm.layers.pool2d_same")
 
@@ -50,6 +50,9 @@ def test_swap_replaces_exact_types_in_place_and_reports():
     assert set(reasons) == {"block.2", "indices", "head"}
     assert "stride 1" in reasons["block.2"] and "return_indices" in reasons["indices"]
     assert "adaptive" in reasons["head"]
+    kinds = {s.name: s.kind for s in report.skipped}
+    assert kinds == {"block.2": "stride_one", "indices": "return_indices", "head": "adaptive"}
+    assert all(isinstance(s, Skip) and s.kind in SKIP_KINDS for s in report.skipped)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 4)
     assert not report.probed and report.negative_inputs == []
 
@@ -100,11 +103,21 @@ def test_unknown_pooling_lists_valid_names():
     assert all(repr(name) in str(info.value) for name in available_poolings())
 
 
+def test_pooling_argument_and_its_earlier_name_to():
+    assert swap_pooling(Toy(), "avg").names == swap_pooling(Toy(), pooling="avg").names == swap_pooling(Toy(), to="avg").names
+    assert isinstance(swap_pooling(Toy(), to="P", alpha_init=2.0)[0].new, PPool2d)
+    with pytest.raises(ValueError, match="Expected argument `to` to be one of"):
+        swap_pooling(Toy(), to="median")
+    with pytest.raises(ValueError, match="`pooling` and `to`"):
+        swap_pooling(Toy(), "p", to="max")
+
+
 def test_geometry_a_target_cannot_take_is_skipped_with_the_reason():
     model = Toy()
     report = swap_pooling(model, "avg")
     reasons = {s.name: s.reason for s in report.skipped}
     assert "dilation" in reasons["dilated"] and type(model.dilated) is nn.MaxPool2d
+    assert {s.name: s.kind for s in report.skipped}["dilated"] == "cannot_build"
     assert isinstance(model.stem_pool, AveragePool2d)
 
 
@@ -124,7 +137,8 @@ def test_probe_reports_channels_negative_inputs_and_functional_pooling():
     assert report.probed and report.names == ["toy.stem_pool", "toy.block.1", "toy.same", "toy.dilated"]
     assert report.negative_inputs == ["toy.stem_pool"]  # after a conv, before any ReLU
     assert model.toy.stem_pool.num_channels == 4 and model.toy.same.pool.num_channels == 4
-    functional = [s for s in report.skipped if "functionally" in s.reason]
+    functional = [s for s in report.skipped if s.kind == "functional"]
+    assert all("functionally" in s.reason for s in functional)
     assert [(s.name, "max_pool2d" in s.reason) for s in functional] == [("<model>", True)]
     assert model.training and all(m.training for m in model.modules())
     assert running == []
@@ -149,6 +163,7 @@ def test_already_swapped_pools_are_left_alone():
     again = swap_pooling(model, "softpool")
     assert len(again) == 0
     assert any("already a lit_ppool" in s.reason for s in again.skipped)
+    assert {s.kind for s in again.skipped} >= {"already_ours"}
 
 
 @pytest.mark.parametrize("name", available_poolings())
@@ -270,7 +285,8 @@ def test_bake_pooling_limits_and_tolerance():
     torch.testing.assert_close(model(x), expected, atol=1e-2, rtol=0)
     strict = nn.Sequential(PPool2d(2, alpha_init=100.0))
     kept = bake_pooling(strict, torch.rand(1, 1, 8, 8) + 0.5, atol=0.0)
-    assert len(kept) == 0 and "exceeds atol" in kept.kept[0].reason
+    assert len(kept) == 0 and "exceeds atol" in kept.kept[0].reason and kept.kept[0].kind == "exceeds_atol"
+    assert {s.name: s.kind for s in report.kept}["4"] == "not_at_limit"
 
 
 def _swapped_smp_model():
@@ -321,7 +337,9 @@ def test_global_ppool_is_adaptive_avg_at_zero_and_adaptive_max_at_large_alpha():
     assert middle(x).shape == (2, 3, 1, 1) and middle.alpha_raw.shape == (3,)
     assert (F.adaptive_avg_pool2d(x, 1) < middle(x)).all() and (middle(x) < F.adaptive_max_pool2d(x, 1)).all()
     assert repr(middle).startswith("GlobalPPool2d(output_size=1, alpha=[3 channels") and "alpha=0.0000" in repr(avg)
-    assert isinstance(avg, PPool2d) and "alpha_raw" in dict(avg.named_parameters())
+    # a sibling of PPool2d over the alpha base class, not a PPool2d with kernel_size=None
+    assert isinstance(avg, PPoolBase) and not isinstance(avg, PPool2d) and not hasattr(avg, "kernel_size")
+    assert "alpha_raw" in dict(avg.named_parameters())
     torch.testing.assert_close(torch.jit.script(middle)(x), middle(x))
     with pytest.raises(ValueError, match="num_channels=3"):
         middle(torch.rand(1, 4, 5, 5))
@@ -369,6 +387,7 @@ def test_global_pools_take_the_global_form_of_the_target(to, expected):
     if expected is None:
         assert len(report) == 0
         assert all("has no global form" in s.reason for s in report.skipped if s.name in ("gap", "gmp"))
+        assert all(s.kind == "no_global_form" for s in report.skipped if s.name in ("gap", "gmp"))
         return
     assert report.names == ["gap", "gmp"] and all(type(s.new) is expected for s in report)
     if to == "max":

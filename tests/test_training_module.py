@@ -88,6 +88,13 @@ def test_invalid_configuration_lists_choices(override, listed):
     assert listed in str(info.value)
 
 
+@pytest.mark.parametrize("pooling, expected", [("P", "PPool2d"), ("strided-conv", "StridedConvPool2d")])
+def test_pooling_is_validated_by_the_registry_resolver(pooling, expected):
+    # the spellings swap_pooling accepts are accepted here too
+    module = PPoolSegmentationModule(**TINY, pooling=pooling)
+    assert module.swapped_layers == ["encoder.maxpool"] and type(module.model.encoder.maxpool).__name__ == expected
+
+
 def test_num_classes_must_match_datamodule(tmp_path):
     module = PPoolSegmentationModule(**{**TINY, "num_classes": 7})
     with pytest.raises(ConfigError, match="num_classes"):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_ppool.kernels.common import EPS, pad_amounts, window
+from lit_ppool.kernels.common import EPS, pad_amounts, reduce_grad_alpha, window
 
 
 def compute_dtype(input: Tensor, alpha: Tensor) -> torch.dtype:
@@ -150,6 +150,5 @@ class PPool2dFunction(torch.autograd.Function):
             height, width = input.shape[-2:]
             grad_input = grad_values[..., top : top + height, left : left + width].to(input.dtype)
         if grad_alpha_map is not None:
-            reduced = grad_alpha_map.sum() if alpha.numel() == 1 else grad_alpha_map.sum(dim=(0, 2, 3))
-            grad_alpha = reduced.reshape(alpha.shape).to(alpha.dtype)
+            grad_alpha = reduce_grad_alpha(grad_alpha_map.sum(dim=(2, 3)), alpha)
         return grad_input, grad_alpha, None, None

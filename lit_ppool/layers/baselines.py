@@ -4,8 +4,9 @@ Every layer here takes ``(kernel_size, stride=None, padding=0, dilation=1, ceil_
 with torch's meaning and output size (:func:`lit_ppool.functional.pool_output_size`), and,
 like :class:`lit_ppool.PPool2d`, padded positions never contribute to a window (the one
 documented exception is :class:`StridedConvPool2d`, a convolution, whose zero padding
-contributes zeros). Inputs are ``(N, C, H, W)`` or ``(C, H, W)``; float16/bfloat16 inputs
-are computed in float32 and returned in their own dtype.
+contributes zeros). Inputs are ``(N, C, H, W)`` or ``(C, H, W)`` of a floating dtype, checked as
+:func:`lit_ppool.p_pool2d` checks them (``TypeError`` for an integer tensor); float16/bfloat16
+inputs are computed in float32 and returned in their own dtype.
 
 - :class:`AveragePool2d` (``avg``): ``nn.AvgPool2d`` that never counts padding.
 - :class:`LpPool2d` (``lp``): Lp-norm pooling, ``torch.nn.LPPool2d``'s formula, optional
@@ -28,7 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_ppool.functional import PoolGeometry, _size_2_t, pool_geometry, pool_output_shape
+from lit_ppool.functional import (
+    PoolGeometry,
+    _check_input,
+    _check_num_channels,
+    _size_2_t,
+    pool_geometry,
+    pool_output_shape,
+)
 from lit_ppool.kernels.common import pad_amounts, window
 
 __all__ = [
@@ -105,8 +113,11 @@ class _Windows:
 class _GeometryPool2d(nn.Module):
     """Common base: torch's geometry attributes, validation, batching and dtype handling.
 
-    Subclasses implement ``_pool(windows) -> Tensor`` on a batched float input.
+    Subclasses implement ``_pool(windows) -> Tensor`` on a batched float input; one that
+    is built for a channel count sets ``num_channels`` (checked against every input).
     """
+
+    num_channels: int | None = None
 
     def __init__(
         self,
@@ -129,11 +140,8 @@ class _GeometryPool2d(nn.Module):
 
     def pool_with_padding(self, input: Tensor, padding: _size_2_t, ceil_mode: bool) -> Tensor:
         """``forward`` with another ``padding`` and ``ceil_mode`` (used for dynamic "same" padding)."""
-        if not isinstance(input, Tensor) or input.dim() not in (3, 4) or not input.is_floating_point():
-            raise ValueError(
-                "Expected argument `input` to be a floating-point 3D (C, H, W) or 4D (N, C, H, W) tensor, but got "
-                + (f"shape {tuple(input.shape)} and dtype {input.dtype}." if isinstance(input, Tensor) else f"{type(input).__name__}.")
-            )
+        _check_input(input)
+        _check_num_channels(input, self.num_channels, type(self).__name__)
         geometry = pool_geometry(self.kernel_size, self.stride, padding, self.dilation, ceil_mode)
         unbatched = input.dim() == 3
         x = input.unsqueeze(0) if unbatched else input
@@ -550,8 +558,6 @@ class StridedConvPool2d(_GeometryPool2d):
         tensor([[[[2.]]]], grad_fn=<ConvolutionBackward0>)
     """
 
-    requires_num_channels = True
-
     def __init__(
         self,
         kernel_size: _size_2_t,
@@ -585,11 +591,6 @@ class StridedConvPool2d(_GeometryPool2d):
 
     def _pool(self, windows: _Windows) -> Tensor:
         x = windows.x
-        if x.shape[1] != self.num_channels:
-            raise ValueError(
-                f"StridedConvPool2d was built with num_channels={self.num_channels}, but got an input "
-                f"of shape {tuple(x.shape)}. Build it with the input's channel count."
-            )
         geometry = windows.geometry
         return F.conv2d(
             windows.values(0.0), self.weight.to(x.dtype), None, geometry.stride, 0, geometry.dilation,

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-from lit_ppool.layers.ppool import PPool2d
+from lit_ppool.layers.ppool import PPool2d, PPoolBase
 from lit_ppool.training.loggers import (
     define_metric_group,
     log_figure,
@@ -42,7 +42,7 @@ def alpha_layers(module: nn.Module) -> dict[str, PPool2d]:
         >>> list(alpha_layers(nn.Sequential(nn.Conv2d(3, 3, 1), PPool2d(2))))
         ['1']
     """
-    found = [(name, layer) for name, layer in module.named_modules() if isinstance(layer, PPool2d)]
+    found = [(name, layer) for name, layer in module.named_modules() if isinstance(layer, PPoolBase)]
     if found and all(name.startswith("model.") for name, _ in found):
         found = [(name[len("model.") :], layer) for name, layer in found]
     return {name.replace(".", "_"): layer for name, layer in found}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 from torch import Tensor, nn
 
-from lit_ppool.layers.ppool import PPool2d
+from lit_ppool.layers.ppool import PPoolBase
 
 __all__ = ["NonFiniteLossError", "alpha_summary", "check_finite_loss"]
 
@@ -18,7 +18,7 @@ def alpha_summary(module: nn.Module) -> dict[str, str]:
     """Effective alpha of every P-pooling layer of ``module``: qualified name -> value (per-channel: mean/min/max)."""
     summary = {}
     for name, layer in module.named_modules():
-        if isinstance(layer, PPool2d):
+        if isinstance(layer, PPoolBase):
             alpha = layer.alpha.detach().float()
             if alpha.numel() == 1:
                 summary[name] = f"{alpha.item():.6g}"

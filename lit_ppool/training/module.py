@@ -15,8 +15,8 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from lit_ppool.layers.ppool import PPool2d
-from lit_ppool.layers.registry import available_poolings, pool_requires_num_channels
+from lit_ppool.layers.ppool import PPoolBase
+from lit_ppool.layers.registry import resolve_pooling
 from lit_ppool.surgery import NothingSwappedWarning, SwapReport, swap_pooling
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.faults import check_finite_loss
@@ -205,7 +205,10 @@ class PPoolSegmentationModule(L.LightningModule):
         if not isinstance(arch, str) or arch.lower() not in archs:
             raise ConfigError(f"Expected argument `arch` to be one of {available_archs()} (any case), but got {arch!r}.")
         _check_encoder(encoder_name)
-        _check_choice("pooling", pooling, available_poolings())
+        try:  # the table's resolver, as swap_pooling's: "P" and "strided-conv" are valid here too
+            target = resolve_pooling(pooling, "pooling")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         _check_choice("loss", loss, list(LOSSES))
         _check_choice("scheduler_interval", scheduler_interval, ["step", "epoch"])
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -232,24 +235,24 @@ class PPoolSegmentationModule(L.LightningModule):
         )
         pooling_kwargs = dict(pooling_kwargs or {})
         example_input = None
-        if pool_requires_num_channels(pooling) or pooling_kwargs.get("num_channels") == "auto":
+        if target.needs_channels or pooling_kwargs.get("num_channels") == "auto":
             # one probe forward measures each pool's channel count
             example_input = torch.zeros(1, (model_kwargs or {}).get("in_channels", 3), 64, 64)
         try:
             with warnings.catch_warnings():  # the error below says more
                 warnings.simplefilter("ignore", NothingSwappedWarning)
                 report = swap_pooling(
-                    self.model, to=pooling, include=include, exclude=exclude, example_input=example_input, **pooling_kwargs
+                    self.model, pooling, include=include, exclude=exclude, example_input=example_input, **pooling_kwargs
                 )
         except (TypeError, ValueError) as err:
             raise ConfigError(f"Could not swap the pooling layers of {arch}/{encoder_name} to {pooling!r}: {err}") from err
-        unbuildable = [skip for skip in report.skipped if "cannot be built" in skip.reason]
+        unbuildable = [skip for skip in report.skipped if skip.kind == "cannot_build"]
         if unbuildable and not len(report):
             raise ConfigError(
                 f"Expected argument `pooling_kwargs` to be valid for pooling {pooling!r}, but no layer could be "
                 f"built with {pooling_kwargs}: {unbuildable[0].reason}"
             )
-        if not len(report) and pooling != "max" and not allow_no_swap:
+        if not len(report) and target.spec.name != "max" and not allow_no_swap:
             raise ConfigError(_no_swap_message(archs[arch.lower()], encoder_name, pooling, report))
         self.swapped_layers = [swap.name for swap in report]
         rank_zero_info(f"lit_ppool: {report.summary()}")
@@ -327,8 +330,8 @@ class PPoolSegmentationModule(L.LightningModule):
             self.class_names = tuple(str(name) for name in names)
 
     def alpha_parameters(self) -> list[nn.Parameter]:
-        """The learnable ``alpha_raw`` parameters of the model's :class:`~lit_ppool.PPool2d` layers."""
-        return [m.alpha_raw for m in self.model.modules() if isinstance(m, PPool2d) and isinstance(m.alpha_raw, nn.Parameter)]
+        """The learnable ``alpha_raw`` parameters of the model's P-pooling layers (:class:`~lit_ppool.layers.ppool.PPoolBase`)."""
+        return [m.alpha_raw for m in self.model.modules() if isinstance(m, PPoolBase) and isinstance(m.alpha_raw, nn.Parameter)]
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         # labels are checked on the host before the transfer (SegmentationDataModule.on_before_batch_transfer):
