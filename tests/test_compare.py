@@ -13,7 +13,7 @@ import pytest
 from lit_ppool.compare import Comparison, load_results, paired_difference, summarize, write_report
 from lit_ppool.compare.runner import main as compare_main
 from lit_ppool.compare.stats import student_t_quantile
-from wandb_records import records
+from wandb_records import records, wait_until_closed
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -133,7 +133,7 @@ def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, ca
     assert "| max | 2 |" in markdown and "| p | 2 |" in markdown and "Boundary IoU" in markdown
     assert "encoder_maxpool" in markdown  # the learned alpha table
     # W&B runs grouped by experiment, job_type = pooling, tagged with pooling and seed
-    runs = [next(r.run for r in records(f) if r.WhichOneof("record_type") == "run")
+    runs = [next(r.run for r in records(wait_until_closed(f)) if r.WhichOneof("record_type") == "run")
             for f in sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))]  # fmt: skip
     assert len(runs) == 4 and {run.run_group for run in runs} == {"cmp"}
     assert sorted((run.job_type, *sorted(run.tags)) for run in runs) == [
