@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from lit_ppool.compare import Comparison, load_results, paired_difference, summarize, write_report
 from lit_ppool.compare.runner import main as compare_main
 from lit_ppool.compare.stats import student_t_quantile
-from wandb_records import records, wait_until_closed
+from wandb_records import records
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -120,6 +121,18 @@ def test_a_config_that_does_not_fit_fails_before_any_run(tmp_path, monkeypatch, 
 # --- end to end --------------------------------------------------------------------------------------------
 
 
+def _run_record(path: Path, timeout: float = 300.0):
+    """The run record of an offline W&B run file; wandb's service may write it after the run's process exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = next((r.run for r in records(path) if r.WhichOneof("record_type") == "run"), None)
+        if run is not None:
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Expected the W&B run file {path} to hold its run record within {timeout} s.")
+        time.sleep(0.5)
+
+
 def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -133,8 +146,7 @@ def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, ca
     assert "| max | 2 |" in markdown and "| p | 2 |" in markdown and "Boundary IoU" in markdown
     assert "encoder_maxpool" in markdown  # the learned alpha table
     # W&B runs grouped by experiment, job_type = pooling, tagged with pooling and seed
-    runs = [next(r.run for r in records(wait_until_closed(f)) if r.WhichOneof("record_type") == "run")
-            for f in sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))]  # fmt: skip
+    runs = [_run_record(f) for f in sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))]
     assert len(runs) == 4 and {run.run_group for run in runs} == {"cmp"}
     assert sorted((run.job_type, *sorted(run.tags)) for run in runs) == [
         ("max", "cmp", "pooling=max", "seed=0"), ("max", "cmp", "pooling=max", "seed=1"),
