@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -25,6 +26,16 @@ __all__ = [
 SYNTHETIC_CLASSES = ("background", "thin_line", "small_blob", "stripes", "dots")
 TEXTURE_CLASSES = ("background", "hatch", "speckle", "stripes", "dots")
 _SPLIT_ID = {"train": 0, "val": 1, "test": 2}
+
+
+def _uniform(gen: torch.Generator, low: float, high: float, n: int = 1) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=gen)
+
+
+def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column coordinates of a ``size`` x ``size`` image, float32."""
+    axis = torch.arange(size, dtype=torch.float32)
+    return torch.meshgrid(axis, axis, indexing="ij")
 
 
 class SyntheticDetailDataset(Dataset):
@@ -85,15 +96,15 @@ class SyntheticDetailDataset(Dataset):
         sample = {"image": tv_tensors.Image(image), "mask": tv_tensors.Mask(mask), "name": f"synthetic_{self.split}_{index:05d}"}
         return self.transforms(sample) if self.transforms is not None else sample
 
+    def _generator(self, index: int) -> torch.Generator:
+        """The random generator of sample ``index``: a function of (seed, split, index) alone."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + _SPLIT_ID[self.split] * 100_003 + index)
+
     def generate(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the ``(image, mask)`` pair of sample ``index``, without transforms."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + _SPLIT_ID[self.split] * 100_003 + index)
-        size = self.image_size
-
-        def uniform(low: float, high: float, n: int = 1) -> torch.Tensor:
-            return low + (high - low) * torch.rand(n, generator=gen)
-
-        ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+        gen, size = self._generator(index), self.image_size
+        uniform = functools.partial(_uniform, gen)
+        ys, xs = _grid(size)
         base_colour = uniform(0.35, 0.65, 3).view(3, 1, 1)
         low_freq = F.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear", align_corners=False)[0]
         image = base_colour + 0.2 * (low_freq - 0.5)
@@ -214,13 +225,9 @@ class SyntheticTexturesDataset(SyntheticDetailDataset):
 
     def generate(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the ``(image, mask)`` pair of sample ``index``, without transforms."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + _SPLIT_ID[self.split] * 100_003 + index)
-        size = self.image_size
-
-        def uniform(low: float, high: float, n: int = 1) -> torch.Tensor:
-            return low + (high - low) * torch.rand(n, generator=gen)
-
-        ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+        gen, size = self._generator(index), self.image_size
+        uniform = functools.partial(_uniform, gen)
+        ys, xs = _grid(size)
         low_freq = F.interpolate(torch.rand(1, 3, 4, 4, generator=gen), size=(size, size), mode="bilinear", align_corners=False)[0]
         image = uniform(0.35, 0.65, 3).view(3, 1, 1) + 0.2 * (low_freq - 0.5)
         detail = torch.zeros(size, size)
