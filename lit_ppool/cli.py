@@ -138,9 +138,17 @@ class PPoolCLI(LightningCLI):
       encoder weights (the checkpoint holds every weight): nothing is downloaded.
     * Checkpoints are written atomically (:class:`~lit_ppool.training.checkpointing.AtomicCheckpointIO`,
       unless ``trainer.plugins`` names another ``CheckpointIO``) and hold the random state
-      (:class:`~lit_ppool.training.checkpointing.RandomStateCheckpoint`), so a killed ``fit``
-      resumes exactly with ``--ckpt_path last``.
+      (:class:`~lit_ppool.training.checkpointing.RandomStateCheckpoint`, unless the config lists
+      it already), so a killed ``fit`` resumes exactly with ``--ckpt_path last``.
     """
+
+    def config_value(self, key: str, config: Any = None) -> Any:
+        """The value of dotted ``key`` (``"trainer.logger"``) in the running subcommand's config, or ``None``.
+
+        ``config`` is ``self.config`` (parsed) by default, or ``self.config_init`` (instantiated).
+        """
+        config = self.config if config is None else config
+        return config.get(f"{self.subcommand}.{key}" if self.subcommand else key)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.set_defaults({"data": {"class_path": "lit_ppool.training.data.SyntheticDetailDataModule"}})
@@ -163,16 +171,13 @@ class PPoolCLI(LightningCLI):
                     f"config's runs), but {problem}."
                 )
 
-    def _subcommand_config(self) -> Any:
-        return self.config[self.subcommand] if self.subcommand else self.config
-
     def before_instantiate_classes(self) -> None:
         # --optimizer/--lr_scheduler of LightningCLI would replace configure_optimizers and lose the alpha group
-        config = self._subcommand_config()
+        prefix = f"{self.subcommand}." if self.subcommand else ""
         for given, target in (("optimizer", "optimizer"), ("lr_scheduler", "scheduler")):
-            if config.get(given) is not None:
-                config[f"model.{target}"] = config[given]
-                config[given] = None
+            if self.config_value(given) is not None:
+                self.config[f"{prefix}model.{target}"] = self.config_value(given)
+                self.config[f"{prefix}{given}"] = None
                 rank_zero_info(
                     f"lit_ppool: --{given} is used as --model.{target}: the alpha parameters keep their own group "
                     "(no weight decay, learning rate x alpha_lr_mult)."
@@ -180,7 +185,7 @@ class PPoolCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         # a checkpoint file to load holds every weight: build the model without downloading encoder_weights
-        ckpt_path = self._subcommand_config().get("ckpt_path") if self.subcommand else None
+        ckpt_path = self.config_value("ckpt_path") if self.subcommand else None
         try:
             with skip_pretrained_weights(isinstance(ckpt_path, (str, Path)) and Path(ckpt_path).is_file()):
                 super().instantiate_classes()
@@ -193,13 +198,12 @@ class PPoolCLI(LightningCLI):
             self.parser.error(str(cause))  # also a missing dataset root or unavailable pretrained weights
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        config = self._get(self.config_init, "trainer", default={})
-        plugins = kwargs.get("plugins", config.get("plugins"))
+        plugins = kwargs.get("plugins", self.config_value("trainer.plugins", self.config_init))
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         # the config's loggers describe where its runs live (--ckpt_path last); evaluation logs nowhere by default
-        logger = config.get("logger")
+        logger = self.config_value("trainer.logger", self.config_init)
         self.config_loggers = [] if logger in (None, False, True) else list(logger) if isinstance(logger, (list, tuple)) else [logger]
         asked_for_logger = any(arg.startswith("--trainer.logger") for arg in self.command_line)
         if self.subcommand in EVAL_SUBCOMMANDS and not asked_for_logger:
@@ -215,9 +219,9 @@ class PPoolCLI(LightningCLI):
 
     def _resolve_last_checkpoint(self) -> Path | None:
         """Replace ``--ckpt_path last`` by the newest last*.ckpt of this config's runs (None if there is none)."""
-        config = self.config_init[self.subcommand]
-        if config.get("ckpt_path") != "last":
-            return Path(config["ckpt_path"]).expanduser() if config.get("ckpt_path") else None
+        ckpt_path = self.config_value("ckpt_path", self.config_init)
+        if ckpt_path != "last":
+            return Path(ckpt_path).expanduser() if ckpt_path else None
         found = find_last_checkpoint(self.trainer.callbacks, self.config_loggers, self.trainer.default_root_dir)
         where = runs_root(self.config_loggers, self.trainer.default_root_dir)
         if found is None and self.subcommand != "fit":
@@ -229,7 +233,7 @@ class PPoolCLI(LightningCLI):
             rank_zero_warn(f"lit_ppool: --ckpt_path last found no last.ckpt under {str(where)!r}; training from scratch.")
         else:
             rank_zero_info(f"lit_ppool: --ckpt_path last is {found}")
-        config["ckpt_path"] = None if found is None else str(found)
+        self.config_init[f"{self.subcommand}.ckpt_path"] = None if found is None else str(found)
         return found
 
     def before_fit(self) -> None:
@@ -266,7 +270,7 @@ class PPoolCLI(LightningCLI):
         Also records the pooling, the seed and every P-pooling layer's alpha (``lit-ppool compare``
         builds its tables from these files alone).
         """
-        ckpt_path = self.config_init[self.subcommand].get("ckpt_path")
+        ckpt_path = self.config_value("ckpt_path", self.config_init)
         if not ckpt_path or not self.trainer.is_global_zero:
             return
         metrics = {key: float(value) for key, value in self.trainer.callback_metrics.items() if value.numel() == 1}
@@ -278,7 +282,7 @@ class PPoolCLI(LightningCLI):
         record = {
             "checkpoint": str(ckpt_path),
             "pooling": self.model.hparams.get("pooling"),
-            "seed": self._subcommand_config().get("seed_everything"),
+            "seed": self.config_value("seed_everything"),
             "metrics": metrics,
             "alpha": alpha,
         }

@@ -21,7 +21,17 @@ from wandb_records import wait_until_closed
 
 from lit_ppool import AlphaMonitor, GlobalPPool2d, PPool2d
 from lit_ppool.training.alpha_monitor import alpha_layers
-from lit_ppool.training.loggers import WandbLogger, resolve_wandb_mode
+from lit_ppool.training.loggers import (
+    LOGGER_ADAPTERS,
+    LoggerAdapter,
+    WandbLogger,
+    log_figure,
+    log_histogram,
+    log_line_series,
+    logger_adapter,
+    resolve_wandb_mode,
+    run_dir,
+)
 
 LAYERS = ("features_2", "features_5", "head_0")  # scalar, per-channel, global (scalar)
 
@@ -317,3 +327,26 @@ def test_ddp_writes_exactly_one_log_stream_and_one_wandb_run(tmp_path):
     assert steps == [0, 2, 4]
     assert list(run_file.parent.glob("files/media/images/alpha/plot_*.png"))  # the image in the run, not in ./wandb
     assert list(tmp_path.rglob("alpha.png")) == [tmp_path / "lightning_logs" / "version_0" / "alpha.png"]
+
+
+def test_logger_adapters_are_one_table_with_a_no_op_default(tmp_path):
+    class MyCSVLogger(CSVLogger):
+        pass
+
+    class Unknown(L.pytorch.loggers.Logger):
+        name, version, save_dir = "unknown", 0, None
+
+        def log_metrics(self, metrics, step=None):
+            pass
+
+        def log_hyperparams(self, params):
+            pass
+
+    assert logger_adapter(MyCSVLogger(tmp_path)) is LOGGER_ADAPTERS[CSVLogger]  # subclasses share their base's
+    unknown = Unknown()
+    assert type(logger_adapter(unknown)) is LoggerAdapter
+    assert not log_histogram(unknown, "h", torch.ones(3), step=0)
+    assert not log_figure(unknown, "f", None, tmp_path / "f.png", step=0)
+    assert not log_line_series(unknown, "l", [0, 1], [[0.0, 1.0]], ["a"], "t", step=0)
+    assert run_dir(unknown) is None and run_dir(MyCSVLogger(tmp_path, name="x")) == tmp_path / "x" / "version_0"
+    assert log_histogram(TensorBoardLogger(tmp_path), "h", torch.ones(3), step=0)

@@ -11,6 +11,7 @@ from lit_ppool import (
     CamVidDataModule,
     CityscapesDataModule,
     PPoolSegmentationModule,
+    SegmentationDataModule,
     SyntheticDetailDataModule,
     VOCDataModule,
 )
@@ -71,6 +72,31 @@ def test_cli_bad_values_fail_before_training(flag, listed, tmp_path, capsys):
     err = capsys.readouterr().err
     assert listed in err and "Traceback" not in err
     assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "wandb").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        ("--data.init_args.batch_size=0", "Expected argument `batch_size` to be an int >= 1, but got 0."),
+        ("--data.init_args.num_workers=-1", "Expected argument `num_workers` to be an int >= 0, but got -1."),
+        ("--data.init_args.val_size=0", "Expected argument `val_size` to be an int >= 1, but got 0."),
+    ],
+)
+def test_cli_bad_datamodule_argument_is_one_line_without_traceback(flag, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", *QUICKSTART, flag])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {expected}" in err and "Traceback" not in err
+    assert not (tmp_path / "lightning_logs").exists()
+
+
+def test_datamodule_argument_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="Expected argument `eval_batch_size`"):
+        SyntheticDetailDataModule(eval_batch_size=True)
+    with pytest.raises(ConfigError, match="Expected argument `scale_range`"):
+        SegmentationDataModule(scale_range=(2.0, 1.0))
+    assert issubclass(ConfigError, ValueError)  # callers that catch ValueError keep working
 
 
 def test_cli_unknown_bad_sample_policy_lists_the_choices(capsys):

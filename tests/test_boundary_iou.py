@@ -258,3 +258,8 @@ def test_module_logs_boundary_iou_and_per_class(tmp_path):
     for key in ("val/boundary_IoU", "val/boundary_IoU/thin_line", "val/IoU/thin_line", "val/trimap_mIoU"):
         assert key in metrics, key
     assert 0.0 <= metrics["val/boundary_IoU"].item() <= 1.0
+    # the macro is the mean of the per-class values over the classes present: the bands are computed once
+    per_class = torch.stack([value for key, value in metrics.items() if key.startswith("val/boundary_IoU/")])
+    assert per_class.shape == (5,)
+    assert torch.allclose(metrics["val/boundary_IoU"], per_class.nanmean(), equal_nan=True)
+    assert sum(isinstance(m, BoundaryIoU) for m in module.val_metrics.modules()) == 1

@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
@@ -19,6 +17,7 @@ from lit_ppool.training.loggers import (
     log_figure,
     log_histogram,
     log_line_series,
+    run_dir,
 )
 
 if TYPE_CHECKING:
@@ -235,13 +234,8 @@ class AlphaMonitor(Callback):
 
     @staticmethod
     def _plot_dir(trainer: L.Trainer) -> Path:
-        """``trainer.log_dir`` without its broadcast (rank zero only); a W&B run's own directory for W&B."""
-        logger = trainer.loggers[0]
-        if isinstance(logger, (CSVLogger, TensorBoardLogger)):
-            return Path(logger.log_dir)
-        if isinstance(logger, _LightningWandbLogger):
-            return Path(logger.experiment.dir)
-        return Path(logger.save_dir or trainer.default_root_dir)
+        """The first logger's run folder (rank zero only, no broadcast), else ``trainer.default_root_dir``."""
+        return run_dir(trainer.loggers[0]) or Path(trainer.default_root_dir)
 
     def plot(self) -> Figure:
         """The alpha history as a matplotlib figure: one line per layer, against the global step.

@@ -27,7 +27,9 @@ def alpha_summary(module: nn.Module) -> dict[str, str]:
     return summary
 
 
-def check_finite_loss(loss: Tensor, module: nn.Module, trainer: L.Trainer | None = None) -> None:
+def check_finite_loss(
+    loss: Tensor, module: nn.Module, trainer: L.Trainer | None = None, batch_idx: int | None = None
+) -> None:
     """Raise :class:`NonFiniteLossError` if ``loss`` is NaN or infinite on this or, with a ``trainer``, any process.
 
     With a ``trainer`` the decision is synchronised across processes, so under DDP every
@@ -36,6 +38,12 @@ def check_finite_loss(loss: Tensor, module: nn.Module, trainer: L.Trainer | None
     parameters (weights and alphas), the optimiser state and the last checkpoint as they were
     after the last good step; BatchNorm running statistics updated by the failing forward
     pass are not rolled back.
+
+    Args:
+        loss: The training loss of this step.
+        module: The model whose P-pooling alphas the error lists.
+        trainer: The running Trainer: synchronises the decision and names the step and epoch.
+        batch_idx: The ``batch_idx`` of ``training_step``, named in the error.
 
     Raises:
         NonFiniteLossError: Naming the global step, epoch and batch, the loss value and every
@@ -55,8 +63,8 @@ def check_finite_loss(loss: Tensor, module: nn.Module, trainer: L.Trainer | None
         value_text += " on this process (non-finite on another process)"
     where = ""
     if trainer is not None:
-        batch = trainer.fit_loop.epoch_loop.batch_idx
-        where = f" at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch})"
+        batch = "" if batch_idx is None else f", batch {batch_idx}"
+        where = f" at global step {trainer.global_step} (epoch {trainer.current_epoch}{batch})"
     alphas = alpha_summary(module)
     alpha_text = "\n".join(f"  {name}: {alpha}" for name, alpha in alphas.items()) or "  (no P-pooling layers)"
     raise NonFiniteLossError(

@@ -1,10 +1,11 @@
 """Loggers: W&B that runs offline unless told otherwise, the CLI config in every logger, and the
 histogram, image and chart calls of the loggers that have them.
 
-The callbacks stay logger-agnostic: they call :func:`log_histogram`, :func:`log_figure` and
-:func:`log_line_series`, which use each logger's own documented API where it has one
+The callbacks stay logger-agnostic: they call :func:`log_histogram`, :func:`log_figure`,
+:func:`log_line_series`, :func:`define_metric_group` and :func:`run_dir`, which go through one
+table of small adapters (:data:`LOGGER_ADAPTERS`) that use each logger's own documented API
 (``WandbLogger.log_metrics`` / ``log_image``, TensorBoard's ``SummaryWriter``) and do nothing
-for the others (``CSVLogger``).
+where a logger has no such thing (``CSVLogger``, unknown loggers).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -27,14 +28,18 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = [
+    "LOGGER_ADAPTERS",
     "WANDB_MODES",
+    "LoggerAdapter",
     "SaveConfigToLoggers",
     "WandbLogger",
     "define_metric_group",
     "log_figure",
     "log_histogram",
     "log_line_series",
+    "logger_adapter",
     "resolve_wandb_mode",
+    "run_dir",
 ]
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -122,20 +127,24 @@ class WandbLogger(_LightningWandbLogger):
             tags=tags,
             **kwargs,
         )
-        if self._wandb_init.get("anonymous") is None:
-            del self._wandb_init["anonymous"]  # wandb warns about the setting even when it is None
+        self.attached_copy = False  # True in the copy a ddp_spawn worker unpickles (see __getstate__)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Lightning's pickled copy attaches to this process's run (ddp_spawn); remember that it is one
+        return {**super().__getstate__(), "attached_copy": True}
 
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
         """The ``wandb`` run (created on first use, on rank zero; a dummy elsewhere)."""
-        if self._experiment is None and getattr(self, "_attach_id", None) is not None:
+        if self.attached_copy:
             import wandb
 
             # A ddp_spawn worker attaches to the run that the main process started. The attached run
             # takes its media folder from the process-wide settings, not from the run: point those at
-            # save_dir, or images and tables land in ./wandb of the working directory.
+            # save_dir (once), or images and tables land in ./wandb of the working directory.
             wandb.setup(settings=wandb.Settings(root_dir=self.save_dir))
+            self.attached_copy = False
         return _LightningWandbLogger.experiment.fget(self)
 
 
@@ -164,39 +173,123 @@ class SaveConfigToLoggers(SaveConfigCallback):
             logger.log_hyperparams(config)
 
 
+class LoggerAdapter:
+    """What a logger can show beyond scalars, through its own documented API; this default shows nothing.
+
+    One subclass per logger class, in :data:`LOGGER_ADAPTERS`; :func:`logger_adapter` finds a
+    logger's. Each ``log_*`` method returns whether it logged, so callers can tell.
+
+    Example:
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> logger_adapter(CSVLogger("logs")).log_histogram(CSVLogger("logs"), "h", torch.ones(3), step=0)
+        False
+    """
+
+    def define_metric_group(self, logger: Logger, pattern: str) -> None:
+        """Plot the keys matching ``pattern`` against the global step, where the logger groups keys."""
+
+    def log_histogram(self, logger: Logger, key: str, values: Tensor, step: int) -> bool:
+        """Log a histogram of the flat float CPU tensor ``values``."""
+        return False
+
+    def log_figure(self, logger: Logger, key: str, figure: Figure, path: Path, step: int) -> bool:
+        """Log a matplotlib figure, already saved as the PNG ``path``."""
+        return False
+
+    def log_line_series(
+        self, logger: Logger, key: str, xs: list[float], ys: list[list[float]], names: list[str], title: str, step: int
+    ) -> bool:
+        """Log several curves over ``xs`` as one chart."""
+        return False
+
+    def run_dir(self, logger: Logger) -> Path | None:
+        """The folder of this run's files, or ``None`` if the logger has none."""
+        return Path(logger.save_dir) if logger.save_dir else None
+
+
+class _CSVAdapter(LoggerAdapter):
+    def run_dir(self, logger: Logger) -> Path | None:
+        return Path(logger.log_dir)
+
+
+class _TensorBoardAdapter(_CSVAdapter):
+    def log_histogram(self, logger: Logger, key: str, values: Tensor, step: int) -> bool:
+        logger.experiment.add_histogram(key, values, global_step=step)
+        return True
+
+    def log_figure(self, logger: Logger, key: str, figure: Figure, path: Path, step: int) -> bool:
+        logger.experiment.add_figure(key, figure, global_step=step, close=False)
+        return True
+
+
+class _WandbAdapter(LoggerAdapter):
+    def define_metric_group(self, logger: Logger, pattern: str) -> None:
+        logger.experiment.define_metric(pattern, step_metric="trainer/global_step", summary="last")
+
+    def log_histogram(self, logger: Logger, key: str, values: Tensor, step: int) -> bool:
+        import wandb
+
+        logger.log_metrics({key: wandb.Histogram(values.numpy())}, step=step)  # type: ignore[dict-item]
+        return True
+
+    def log_figure(self, logger: Logger, key: str, figure: Figure, path: Path, step: int) -> bool:
+        logger.log_image(key=key, images=[str(path)], step=step)
+        return True
+
+    def log_line_series(
+        self, logger: Logger, key: str, xs: list[float], ys: list[list[float]], names: list[str], title: str, step: int
+    ) -> bool:
+        import wandb
+
+        chart = wandb.plot.line_series(xs=xs, ys=ys, keys=names, title=title, xname="step")
+        logger.log_metrics({key: chart}, step=step)  # type: ignore[dict-item]
+        return True
+
+    def run_dir(self, logger: Logger) -> Path | None:
+        return Path(logger.experiment.dir)
+
+
+LOGGER_ADAPTERS: dict[type[Logger], LoggerAdapter] = {
+    _LightningWandbLogger: _WandbAdapter(),
+    TensorBoardLogger: _TensorBoardAdapter(),
+    CSVLogger: _CSVAdapter(),
+}
+"""Logger class -> its :class:`LoggerAdapter`; subclasses of a logger class get its adapter."""
+
+
+def logger_adapter(logger: Logger) -> LoggerAdapter:
+    """The :class:`LoggerAdapter` of ``logger``'s class (or nearest base in :data:`LOGGER_ADAPTERS`), else the no-op one.
+
+    Example:
+        >>> type(logger_adapter(TensorBoardLogger("logs"))).__name__
+        '_TensorBoardAdapter'
+    """
+    for cls in type(logger).__mro__:
+        if cls in LOGGER_ADAPTERS:
+            return LOGGER_ADAPTERS[cls]
+    return _NO_ADAPTER
+
+
+_NO_ADAPTER = LoggerAdapter()
+
+
 def define_metric_group(logger: Logger, pattern: str) -> None:
     """Group the keys matching ``pattern`` (e.g. ``"alpha/*"``) on one x-axis in a W&B run; no-op elsewhere.
 
     W&B plots them against ``trainer/global_step`` and keeps their last value in the run summary.
     """
-    if isinstance(logger, _LightningWandbLogger):
-        logger.experiment.define_metric(pattern, step_metric="trainer/global_step", summary="last")
+    logger_adapter(logger).define_metric_group(logger, pattern)
 
 
 def log_histogram(logger: Logger, key: str, values: Tensor, step: int) -> bool:
     """Log a histogram of ``values`` where the logger supports one (W&B, TensorBoard); return whether it did."""
-    values = values.detach().float().cpu().flatten()
-    if isinstance(logger, _LightningWandbLogger):
-        import wandb
-
-        logger.log_metrics({key: wandb.Histogram(values.numpy())}, step=step)  # type: ignore[dict-item]
-        return True
-    if isinstance(logger, TensorBoardLogger):
-        logger.experiment.add_histogram(key, values, global_step=step)
-        return True
-    return False
+    return logger_adapter(logger).log_histogram(logger, key, values.detach().float().cpu().flatten(), step)
 
 
 def log_figure(logger: Logger, key: str, figure: Figure, path: str | Path, step: int) -> bool:
     """Log a matplotlib figure (already saved as the PNG ``path``) as an image where the logger supports
     images (W&B, TensorBoard); return whether it did."""
-    if isinstance(logger, _LightningWandbLogger):
-        logger.log_image(key=key, images=[str(path)], step=step)
-        return True
-    if isinstance(logger, TensorBoardLogger):
-        logger.experiment.add_figure(key, figure, global_step=step, close=False)
-        return True
-    return False
+    return logger_adapter(logger).log_figure(logger, key, figure, Path(path), step)
 
 
 def log_line_series(
@@ -209,12 +302,9 @@ def log_line_series(
     step: int,
 ) -> bool:
     """Log several curves as one interactive chart where the logger has one (W&B); return whether it did."""
-    if isinstance(logger, _LightningWandbLogger):
-        import wandb
+    return logger_adapter(logger).log_line_series(logger, key, list(xs), [list(y) for y in ys], list(names), title, step)
 
-        chart = wandb.plot.line_series(
-            xs=list(xs), ys=[list(y) for y in ys], keys=list(names), title=title, xname="step"
-        )
-        logger.log_metrics({key: chart}, step=step)  # type: ignore[dict-item]
-        return True
-    return False
+
+def run_dir(logger: Logger) -> Path | None:
+    """The folder of the logger's run: ``log_dir`` (CSV, TensorBoard), the W&B run's files folder, else ``save_dir``."""
+    return logger_adapter(logger).run_dir(logger)

@@ -11,7 +11,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
 
-from lit_ppool.training.data.checks import check_labels
+from lit_ppool.training.data.checks import IGNORE_INDEX, check_labels
 
 __all__ = ["BoundaryIoU", "TrimapJaccardIndex", "boundary_band", "inner_boundary"]
 
@@ -67,7 +67,7 @@ class TrimapJaccardIndex(MulticlassJaccardIndex):
         tensor(0.2500)
     """
 
-    def __init__(self, num_classes: int, width: int = 3, ignore_index: int | None = 255, **kwargs: Any) -> None:
+    def __init__(self, num_classes: int, width: int = 3, ignore_index: int | None = IGNORE_INDEX, **kwargs: Any) -> None:
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"Expected argument `width` to be an int >= 1, but got {width!r}.")
         if ignore_index is None:
@@ -211,7 +211,7 @@ class BoundaryIoU(Metric):
     def __init__(
         self,
         num_classes: int,
-        ignore_index: int | None = 255,
+        ignore_index: int | None = IGNORE_INDEX,
         dilation_ratio: float = 0.02,
         average: Literal["macro", "none"] = "macro",
         validate_args: bool = True,

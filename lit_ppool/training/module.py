@@ -12,12 +12,13 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import ClasswiseWrapper, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from lit_ppool.layers.ppool import PPoolBase
 from lit_ppool.layers.registry import resolve_pooling
 from lit_ppool.surgery import NothingSwappedWarning, SwapReport, swap_pooling
+from lit_ppool.training.data.checks import IGNORE_INDEX
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.faults import check_finite_loss
 from lit_ppool.training.metrics import BoundaryIoU, TrimapJaccardIndex
@@ -190,7 +191,7 @@ class PPoolSegmentationModule(L.LightningModule):
         include: str | list[str] | None = None,
         exclude: str | list[str] | None = None,
         loss: str = "ce",
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         alpha_lr_mult: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -258,27 +259,36 @@ class PPoolSegmentationModule(L.LightningModule):
         rank_zero_info(f"lit_ppool: {report.summary()}")
         self.criterion = LOSSES[loss](ignore_index)
 
-        metrics = MetricCollection(
+        self.class_names = tuple(f"class_{i}" for i in range(num_classes))
+        self.val_metrics = self._stage_metrics("val/")
+        self.test_metrics = self._stage_metrics("test/")
+
+    def _stage_metrics(self, prefix: str) -> MetricCollection:
+        """The metrics of one stage; the per-class ones are ``ClasswiseWrapper`` s labelled by :attr:`class_names`."""
+        num_classes, ignore_index = self.hparams.num_classes, self.hparams.ignore_index
+        labels = list(self.class_names)
+        return MetricCollection(
             {
                 "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index, validate_args=False),
                 "pixel_acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index, validate_args=False),
-                "trimap_mIoU": TrimapJaccardIndex(num_classes, boundary_width, ignore_index, validate_args=False),
-                "boundary_IoU": BoundaryIoU(num_classes, ignore_index=ignore_index, validate_args=False),
+                "trimap_mIoU": TrimapJaccardIndex(
+                    num_classes, self.hparams.boundary_width, ignore_index, validate_args=False
+                ),
+                "IoU": ClasswiseWrapper(
+                    MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index, validate_args=False),
+                    labels,
+                    prefix="IoU/",
+                ),
+                # the macro boundary_IoU is the mean of these (see _log_metrics): the bands are computed once
+                "boundary_IoU": ClasswiseWrapper(
+                    BoundaryIoU(num_classes, ignore_index=ignore_index, average="none", validate_args=False),
+                    labels,
+                    prefix="boundary_IoU/",
+                ),
             },
-            compute_groups=False,
+            prefix=prefix,
+            compute_groups=False,  # the trimap mIoU has the state of the mIoU but not its update
         )
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
-        per_class = MetricCollection(  # logged as {stage}/<key>/<class name> at epoch end
-            {
-                "IoU": MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index, validate_args=False),
-                "boundary_IoU": BoundaryIoU(num_classes, ignore_index=ignore_index, average="none", validate_args=False),
-            },
-            compute_groups=False,
-        )
-        self.val_class_iou = per_class.clone()
-        self.test_class_iou = per_class.clone()
-        self.class_names = tuple(f"class_{i}" for i in range(num_classes))
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits of shape ``(N, num_classes, H, W)`` for images ``(N, 3, H, W)`` (H, W multiples of 32)."""
@@ -311,7 +321,10 @@ class PPoolSegmentationModule(L.LightningModule):
             )
 
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        try:
+            datamodule = getattr(self.trainer, "datamodule", None)
+        except RuntimeError:  # not attached to a Trainer (setup called by hand)
+            datamodule = None
         expected = getattr(datamodule, "num_classes", None)
         if expected is not None and expected != self.hparams.num_classes:
             raise ConfigError(
@@ -328,6 +341,9 @@ class PPoolSegmentationModule(L.LightningModule):
         names = getattr(datamodule, "class_names", None)
         if names is not None and len(names) == self.hparams.num_classes:
             self.class_names = tuple(str(name) for name in names)
+            for metrics in (self.val_metrics, self.test_metrics):
+                for key in ("IoU", "boundary_IoU"):
+                    metrics[key].labels = list(self.class_names)  # ClasswiseWrapper's public labels
 
     def alpha_parameters(self) -> list[nn.Parameter]:
         """The learnable ``alpha_raw`` parameters of the model's P-pooling layers (:class:`~lit_ppool.layers.ppool.PPoolBase`)."""
@@ -343,7 +359,7 @@ class PPoolSegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, _, _ = self._step(batch)
         if self.hparams.get("check_finite_loss", True):
-            check_finite_loss(loss, self.model, self.trainer)  # raises before backward: no NaN reaches the weights
+            check_finite_loss(loss, self.model, self.trainer, batch_idx)  # raises before backward: no NaN reaches the weights
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
@@ -352,29 +368,33 @@ class PPoolSegmentationModule(L.LightningModule):
             return
         loss, logits, target = self._step(batch)
         preds = logits.argmax(dim=1)
-        metrics, class_iou = (self.val_metrics, self.val_class_iou) if stage == "val" else (self.test_metrics, self.test_class_iou)
-        metrics.update(preds, target)
-        class_iou.update(preds, target)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(preds, target)  # logged at the end of the epoch (_log_metrics)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=batch["image"].shape[0])
-        self.log_dict(metrics, prog_bar=True)
 
-    def _log_class_iou(self, stage: str) -> None:
-        class_iou = self.val_class_iou if stage == "val" else self.test_class_iou
-        for key, ious in class_iou.compute().items():
-            self.log_dict({f"{stage}/{key}/{name}": iou for name, iou in zip(self.class_names, ious)})
-        class_iou.reset()
+    def _log_metrics(self, stage: str) -> None:
+        """Log the stage's dataset-level metrics (synchronised across processes by torchmetrics) and reset them."""
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        values = metrics.compute()
+        per_class = [value for key, value in values.items() if key.startswith(f"{stage}/boundary_IoU/")]
+        # BoundaryIoU(average="macro") is the mean over the classes present (nan for the absent ones)
+        values[f"{stage}/boundary_IoU"] = torch.stack(per_class).nanmean()
+        scalars = {key: value for key, value in values.items() if key.count("/") == 1}
+        self.log_dict(scalars, prog_bar=True)
+        self.log_dict({key: value for key, value in values.items() if key not in scalars})
+        metrics.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_class_iou("val")
+        self._log_metrics("val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_class_iou("test")
+        self._log_metrics("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Predicted label maps (uint8 when ``num_classes <= 256``), cropped to each image's size."""

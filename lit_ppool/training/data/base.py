@@ -16,6 +16,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision import tv_tensors
 
 from lit_ppool.training.data.checks import (
+    IGNORE_INDEX,
     BadSampleError,
     BadSampleLog,
     BadSampleWarning,
@@ -28,11 +29,10 @@ from lit_ppool.training.data.checks import (
     invalid_raw_labels,
     load_or_skip,
 )
+from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, pad_collate, train_transforms
 
-__all__ = ["SegmentationDataModule", "SegmentationFileDataset", "Sample", "check_batch_labels", "check_layout", "label_lut"]
-
-IGNORE_INDEX = 255
+__all__ = ["IGNORE_INDEX", "SegmentationDataModule", "SegmentationFileDataset", "Sample", "check_batch_labels", "check_layout", "label_lut"]
 
 Sample = tuple[Path, Optional[Path], str]
 """``(image path, mask path or None, name)`` of one sample."""
@@ -203,6 +203,9 @@ class SegmentationDataModule(L.LightningDataModule):
             problem; ``"skip"`` leaves it out, and at the end of each stage a
             :class:`~lit_ppool.training.data.checks.BadSampleWarning` lists the files
             (``bad_samples`` holds them). See :mod:`lit_ppool.training.data.checks`.
+
+    Raises:
+        ConfigError: (a ``ValueError``) if an argument is invalid; ``lit-ppool`` reports it in one line.
     """
 
     num_classes: int
@@ -229,9 +232,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self._missing_files: dict[str, dict[int, tuple[str, str]]] = {}
         for arg, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected argument `{arg}` to be an int >= 1, but got {value!r}.")
+                raise ConfigError(f"Expected argument `{arg}` to be an int >= 1, but got {value!r}.")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"Expected argument `num_workers` to be an int >= 0, but got {num_workers!r}.")
+            raise ConfigError(f"Expected argument `num_workers` to be an int >= 0, but got {num_workers!r}.")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers

@@ -33,6 +33,7 @@ from lit_ppool.training.errors import ConfigError
 
 __all__ = [
     "BAD_SAMPLE_POLICIES",
+    "IGNORE_INDEX",
     "BadSampleError",
     "BadSampleLog",
     "BadSampleWarning",
@@ -47,6 +48,9 @@ __all__ = [
 ]
 
 BAD_SAMPLE_POLICIES = ("raise", "skip")
+
+IGNORE_INDEX = 255
+"""The label of ignored pixels (void, padding) in every datamodule, the loss and the metrics."""
 
 
 class BadSampleError(ValueError):

@@ -13,6 +13,7 @@ from torchvision import tv_tensors
 
 from lit_ppool.training.data.base import SegmentationDataModule
 from lit_ppool.training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from lit_ppool.training.errors import ConfigError
 
 __all__ = [
     "SYNTHETIC_CLASSES",
@@ -64,7 +65,7 @@ class SyntheticDetailDataset(Dataset):
         transforms: Joint transform applied to each sample dict.
 
     Raises:
-        ValueError: If ``split`` is unknown or a size is not positive.
+        ConfigError: (a ``ValueError``) if ``split`` is unknown or a size is not positive.
     """
 
     def __init__(
@@ -76,10 +77,10 @@ class SyntheticDetailDataset(Dataset):
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         if split not in _SPLIT_ID:
-            raise ValueError(f"Expected argument `split` to be one of {sorted(_SPLIT_ID)}, but got {split!r}.")
+            raise ConfigError(f"Expected argument `split` to be one of {sorted(_SPLIT_ID)}, but got {split!r}.")
         for arg, value in (("length", length), ("image_size", image_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected argument `{arg}` to be an int >= 1, but got {value!r}.")
+                raise ConfigError(f"Expected argument `{arg}` to be an int >= 1, but got {value!r}.")
         self.length = length
         self.image_size = image_size
         self.split = split
@@ -192,6 +193,10 @@ class SyntheticDetailDataModule(SegmentationDataModule):
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
         )
+        sizes = {"image_size": image_size, "train_size": train_size, "val_size": val_size, "test_size": test_size}
+        for arg, value in sizes.items():  # checked here, so the CLI reports them before training
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Expected argument `{arg}` to be an int >= 1, but got {value!r}.")
         self.image_size = image_size
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         self.seed = seed

@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from lit_ppool.training.data.checks import IGNORE_INDEX
+from lit_ppool.training.errors import ConfigError
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "train_transforms", "eval_transforms", "pad_collate"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -27,7 +30,7 @@ def train_transforms(
     base_size: int | tuple[int, int] | None = None,
     scale_range: tuple[float, float] = (0.5, 2.0),
     hflip: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
@@ -48,11 +51,11 @@ def train_transforms(
         std: Normalisation standard deviation.
 
     Raises:
-        ValueError: If ``scale_range`` is not an increasing pair of positive numbers.
+        ConfigError: (a ``ValueError``) if ``scale_range`` is not an increasing pair of positive numbers.
     """
     low, high = scale_range
     if not 0 < low <= high:
-        raise ValueError(f"Expected argument `scale_range` to be (low, high) with 0 < low <= high, but got {scale_range}.")
+        raise ConfigError(f"Expected argument `scale_range` to be (low, high) with 0 < low <= high, but got {scale_range}.")
     crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
     base = crop if base_size is None else ((base_size, base_size) if isinstance(base_size, int) else tuple(base_size))
     steps: list[v2.Transform] = []
@@ -69,7 +72,7 @@ def eval_transforms(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] 
     return v2.Compose(_to_tensors(mean, std))
 
 
-def pad_collate(batch: list[dict[str, Any]], ignore_index: int = 255, size_divisor: int = 32) -> dict[str, Any]:
+def pad_collate(batch: list[dict[str, Any]], ignore_index: int = IGNORE_INDEX, size_divisor: int = 32) -> dict[str, Any]:
     """Stack samples of different sizes, padding bottom/right to a common multiple of ``size_divisor``.
 
     Images are padded with 0 (the mean after normalisation) and masks with ``ignore_index``,
