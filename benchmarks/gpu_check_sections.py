@@ -64,11 +64,11 @@ def environment(quick: bool, deadline: float, result: dict) -> None:
 
 
 def parity(quick: bool, deadline: float, result: dict) -> None:
-    """The fused-vs-float64 parity grid of tests/kernel_parity.py on the GPU, both layouts."""
+    """The fused-vs-float64 parity grid of tests/helpers/kernel_parity.py on the GPU, both layouts."""
     import itertools
 
     import torch
-    from kernel_parity import cases, parity_failures
+    from helpers.kernel_parity import cases, parity_failures
 
     from lit_ppool.kernels.triton_kernels import TritonPPool2dFunction
 
@@ -97,7 +97,7 @@ def parity(quick: bool, deadline: float, result: dict) -> None:
 
 def cuda_tests(quick: bool, deadline: float, result: dict) -> None:
     """``pytest -m cuda`` on the test modules that have CUDA tests."""
-    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                    if "mark.cuda" in p.read_text())
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", *files]
     try:
@@ -214,7 +214,7 @@ def large_tensor(quick: bool, deadline: float, result: dict) -> None:
     """p_pool2d (stem 3x3 s2 p1) on a bfloat16 tensor of more than 2**31 elements, NCHW and channels-last:
     output and dL/dx of the first and last channel against the float64 reference run on those channels."""
     import torch
-    from kernel_parity import TOLERANCES
+    from helpers.kernel_parity import TOLERANCES
 
     from lit_ppool.functional import pool_geometry, pool_output_shape
     from lit_ppool.kernels.reference import PPool2dFunction

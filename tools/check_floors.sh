@@ -8,7 +8,7 @@
 #
 #   bash tools/check_floors.sh                          # scratch venv in a temporary folder, removed after
 #   FLOORS_DIR=/tmp/floors bash tools/check_floors.sh   # keep the venv and constraints.txt there
-#   bash tools/check_floors.sh tests/test_weights.py    # other tests than the default subset
+#   bash tools/check_floors.sh tests/training/test_weights.py    # other tests than the default subset
 #
 # CI (.ci/run) does not run it: a second environment (torch alone is hundreds of MB), a kernel
 # build and the tests take about 15 minutes on the 2-core machine, on top of CI's own install
@@ -17,8 +17,8 @@
 # Last run (2026-12-02, 2-core machine): every runtime floor installed together (lightning 2.6.0,
 # torchmetrics 1.4.0, torchdata 0.8.0, smp 0.6.0, timm 1.0.3, huggingface_hub 1.0.0, safetensors
 # 0.4.3, numpy 1.26.0, pillow 10.0.0, pyyaml 6.0, fsspec 2023.5.0, wandb 0.17.0, matplotlib 3.7.0,
-# jsonargparse 4.39.0, torch 2.14.1, torchvision 0.29.1); tests/test_weights.py and
-# tests/test_cli_configs.py passed (33 tests, 3 min). The other default tests were not run then.
+# jsonargparse 4.39.0, torch 2.14.1, torchvision 0.29.1); tests/training/test_weights.py and
+# tests/cli/test_cli_configs.py passed (33 tests, 3 min). The other default tests were not run then.
 # torch 2.13 was tried: its CPU wheel installs, but PyPI's torchvision 0.28.0 fails against it
 # (`operator torchvision::nms does not exist`), so the torch floor is the oldest one verified.
 set -euo pipefail
@@ -58,8 +58,8 @@ python -m pip list --format=freeze | grep -i -E "^($(sed -e 's/==.*//' -e 's/[-_
 unset PYTHONPATH  # the tests import the package installed above (this checkout, editable)
 export WANDB_MODE=offline MPLBACKEND=Agg TORCH_EXTENSIONS_DIR="$dir/torch_extensions"
 if [ "$#" -eq 0 ]; then
-    set -- tests/test_weights.py tests/test_cli_configs.py tests/test_training_module.py \
-        tests/test_metrics_segmentation.py tests/test_sharing.py tests/test_alpha_monitor.py \
-        tests/test_checkpointing.py tests/test_kernels.py
+    set -- tests/training/test_weights.py tests/cli/test_cli_configs.py tests/training/test_training_module.py \
+        tests/training/test_metrics_segmentation.py tests/sharing/test_sharing.py tests/training/test_alpha_monitor.py \
+        tests/training/test_checkpointing.py tests/ops/test_kernels.py
 fi
 python -m pytest -q -x -m "not slow and not cuda" -p no:cacheprovider "$@"

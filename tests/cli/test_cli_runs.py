@@ -18,15 +18,9 @@ from lit_ppool.kernels import cpu
 from lit_ppool.surgery import NothingSwappedWarning
 from lit_ppool.training.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
-TINY = [
-    "--config", QUICKSTART,
-    "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
-    "--trainer.enable_progress_bar=false", "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}",
-    "--data.init_args.image_size=32", "--data.init_args.train_size=8", "--data.init_args.val_size=4",
-    "--data.init_args.test_size=4", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=2",
-]  # fmt: skip
+from helpers.tiny import CONFIGS, ROOT, TINY_FIT
+
+TINY = [*TINY_FIT, "--trainer.limit_val_batches=1"]
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +48,7 @@ def _nothing_left(tmp_path: Path) -> bool:
 
 def test_an_ablation_overlay_and_the_base_config_write_to_different_folders(tmp_path):
     base = run_cli(["fit", *TINY])
-    overlay = run_cli(["fit", *TINY, "--config", str(ROOT / "configs" / "ablations" / "gated.yaml")])
+    overlay = run_cli(["fit", *TINY, "--config", str(CONFIGS / "ablations" / "gated.yaml")])
     paths = {cli.trainer.checkpoint_callback.last_model_path for cli in (base, overlay)}
     assert len(paths) == 2 and all(Path(path).is_file() for path in paths)
 
@@ -111,7 +105,7 @@ def test_optimizer_and_lr_scheduler_flags_keep_the_alpha_group(caplog):
 
 @pytest.mark.parametrize("config", ["quickstart.yaml", "voc_vgg16_ppool.yaml"])
 def test_a_missing_checkpoint_is_named_before_anything_is_built(config, tmp_path, capsys):
-    code, err = _exit_code_and_stderr(["test", "--config", str(ROOT / "configs" / config), "--ckpt_path=runs/nope.ckpt"], capsys)
+    code, err = _exit_code_and_stderr(["test", "--config", str(CONFIGS / config), "--ckpt_path=runs/nope.ckpt"], capsys)
     assert code == 2 and "Traceback" not in err
     assert "runs/nope.ckpt" in err and "does not exist" in err and "'last'" in err
     assert "weights" not in err.lower()  # not a download problem of the ImageNet weights
@@ -136,7 +130,7 @@ def test_a_bad_wandb_mode_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 def test_a_data_root_that_does_not_exist_says_so(tmp_path, capsys):
-    config = str(ROOT / "configs" / "voc_vgg16_ppool.yaml")
+    config = str(CONFIGS / "voc_vgg16_ppool.yaml")
     code, err = _exit_code_and_stderr(["fit", "--config", config, f"--data.init_args.root={tmp_path / 'nowhere'}"], capsys)
     assert code == 2 and "nowhere" in err and "does not exist" in err and "is missing" not in err
 

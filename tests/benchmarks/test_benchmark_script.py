@@ -3,9 +3,8 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+from helpers.tiny import ROOT
 
 
 def test_benchmark_quick_run_prints_all_tables():

@@ -13,14 +13,9 @@ from lit_ppool import PPool2d, PPoolSegmentationModule
 from lit_ppool.cli import main, run_cli
 from lit_ppool.layers.registry import POOLINGS
 
-QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
-TINY = [
-    "--config", QUICKSTART,
-    "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
-    "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}",
-    "--data.init_args.image_size=32", "--data.init_args.train_size=8", "--data.init_args.val_size=4",
-    "--data.init_args.test_size=4", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=2",
-]  # fmt: skip
+from helpers.tiny import QUICKSTART, TINY_FIT
+
+TINY = TINY_FIT
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,5 @@
 """The pooling benchmark: its synthetic textures data and its config."""
 
-from pathlib import Path
 
 import torch
 
@@ -8,7 +7,9 @@ from lit_ppool import PPool2d, SyntheticTexturesDataModule
 from lit_ppool.cli import run_cli
 from lit_ppool.training.data.synthetic import TEXTURE_CLASSES, SyntheticTexturesDataset
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "benchmark.yaml")
+from helpers.tiny import CONFIGS
+
+CONFIG = str(CONFIGS / "benchmark.yaml")
 
 
 def test_samples_are_deterministic_in_range_and_hold_every_class():

@@ -4,9 +4,10 @@ import io
 
 import pytest
 import torch
-from oracle import expected_p_pool2d
 
 from lit_ppool import PPool2d, p_pool2d
+
+from helpers.oracle import expected_p_pool2d
 
 
 def test_module_equals_functional_forward_and_backward():

@@ -22,7 +22,7 @@ import torch
 
 from lit_ppool import PPool2d, PPoolSegmentationModule
 
-TESTS = Path(__file__).resolve().parent
+from helpers.tiny import HELPERS
 
 CONFIG = """\
 seed_everything: 0
@@ -76,7 +76,7 @@ def _no_leftover_processes():
 def _start_fit(run_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `python -m lit_ppool.cli fit --config ../config.yaml *args` in ``run_dir`` (output in log.txt)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    python_path = [str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]
+    python_path = [str(HELPERS), *filter(None, [os.environ.get("PYTHONPATH")])]
     child_env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path), "OMP_NUM_THREADS": "1", **(env or {})}
     with open(run_dir / "log.txt", "ab") as log:
         process = subprocess.Popen(

@@ -2,13 +2,14 @@
 
 import csv
 import os
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+from helpers.tiny import ROOT
+
+NOTEBOOKS = ROOT / "notebooks"
 
 
 def execute(name, cwd):

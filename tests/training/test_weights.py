@@ -19,9 +19,11 @@ from lit_ppool.cli import main
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.weights import WeightsUnavailableError, create_model, load_encoder_weights
 
+from helpers.tiny import QUICKSTART, ROOT
+
 TINY = {"arch": "Unet", "encoder_name": "resnet18", "num_classes": 5, "model_kwargs": {"decoder_channels": [32, 16, 16, 8, 8]}}
 CLI_TINY = [
-    "--config", str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"),
+    "--config", QUICKSTART,
     "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1",
     "--trainer.enable_progress_bar=false", "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}",
     "--data.init_args.image_size=32", "--data.init_args.train_size=4", "--data.init_args.val_size=2",
@@ -258,7 +260,7 @@ def test_cli_test_with_a_checkpoint_downloads_nothing_and_fit_fails_in_one_line(
 
 
 def test_every_torch_load_in_the_package_is_weights_only():
-    package = Path(__file__).resolve().parents[1] / "lit_ppool"
+    package = ROOT / "lit_ppool"
     calls = []
     for source in sorted(package.rglob("*.py")):
         for node in ast.walk(ast.parse(source.read_text(), str(source))):

@@ -1,7 +1,6 @@
 """Sharing a model: save_pretrained / from_pretrained round trips, bad inputs, the Hub cache, `lit-ppool export`."""
 
 import json
-from pathlib import Path
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -18,6 +17,8 @@ from lit_ppool import (
 )
 from lit_ppool.layers.same import SamePadPool2d
 from lit_ppool.sharing import NotASavedModelError, SavedModelError
+
+from helpers.tiny import TINY_FIT
 
 X = torch.rand(2, 3, 32, 32)
 
@@ -247,14 +248,7 @@ def test_hub_id_offline_loads_from_the_cache(monkeypatch, tmp_path, saved):
 
 # --- lit-ppool export ---------------------------------------------------------------------------------------------
 
-QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
-TINY = [
-    "--config", QUICKSTART,
-    "--trainer.max_epochs=1", "--trainer.max_steps=2", "--trainer.limit_train_batches=2", "--trainer.enable_progress_bar=false",
-    "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}",
-    "--data.init_args.image_size=32", "--data.init_args.train_size=8", "--data.init_args.val_size=4",
-    "--data.init_args.test_size=4", "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=2",
-]  # fmt: skip
+TINY = [*TINY_FIT, "--trainer.max_steps=2"]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Every shipped config parses (the dataset configs with their data groups), and every ablation overlay trains a step."""
 
-from pathlib import Path
 
 import pytest
 import yaml
@@ -8,7 +7,8 @@ import yaml
 from lit_ppool.cli import main, run_cli
 from lit_ppool.layers.registry import available_poolings
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from helpers.tiny import CONFIGS
+
 SYNTHETIC_CONFIGS = {"quickstart.yaml", "benchmark.yaml"}  # no dataset root, no pretrained weights
 DATASET_CONFIGS = sorted(p for p in CONFIGS.glob("*.yaml") if p.name not in SYNTHETIC_CONFIGS)
 

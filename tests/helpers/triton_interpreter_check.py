@@ -12,10 +12,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from kernel_parity import GEOMETRIES, make_input, parity_failures
-
 from lit_ppool.functional import pool_geometry
 from lit_ppool.kernels.triton_kernels import TritonPPool2dFunction
+
+from helpers.kernel_parity import GEOMETRIES, make_input, parity_failures
 
 CASES = [
     # (geometry index, dtype, alpha, per-channel, layout)

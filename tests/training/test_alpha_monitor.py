@@ -15,9 +15,6 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from wandb_records import config as wandb_config
-from wandb_records import history as wandb_history
-from wandb_records import wait_until_closed
 
 from lit_ppool import AlphaMonitor, GlobalPPool2d, PPool2d
 from lit_ppool.training.alpha_monitor import alpha_layers
@@ -32,6 +29,11 @@ from lit_ppool.training.loggers import (
     resolve_wandb_mode,
     run_dir,
 )
+
+from helpers.tiny import CONFIGS
+from helpers.wandb_records import config as wandb_config
+from helpers.wandb_records import history as wandb_history
+from helpers.wandb_records import wait_until_closed
 
 LAYERS = ("features_2", "features_5", "head_0")  # scalar, per-channel, global (scalar)
 
@@ -286,7 +288,7 @@ def test_quickstart_cli_logs_alpha_config_and_plot_without_network(tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    quickstart = CONFIGS / "quickstart.yaml"
     cli = run_cli([
         "fit", "--config", str(quickstart), "--trainer.max_epochs=1", "--trainer.limit_train_batches=4",
         "--trainer.limit_val_batches=1", "--trainer.log_every_n_steps=2", "--trainer.enable_progress_bar=false",

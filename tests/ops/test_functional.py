@@ -6,10 +6,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from oracle import EPS as ORACLE_EPS
-from oracle import expected_p_pool2d
 
 from lit_ppool.functional import EPS, p_pool2d
+
+from helpers.oracle import EPS as ORACLE_EPS
+from helpers.oracle import expected_p_pool2d
 
 
 def _geometries():

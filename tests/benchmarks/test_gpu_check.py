@@ -14,10 +14,11 @@ import torch
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).parent.parent
+from helpers.tiny import ROOT
+
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gpu_check_summary import write_summary
+from gpu_check_summary import write_summary  # noqa: E402
 
 
 def _driver(*args: str) -> subprocess.CompletedProcess:

@@ -6,20 +6,19 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kernel_parity import TOLERANCES, cases, make_input, parity_failures
 from lit_ppool import PPool2d, p_pool2d
 from lit_ppool.functional import pool_geometry
 from lit_ppool.kernels import dispatch
 from lit_ppool.kernels.cpu import CppPPool2dFunction, load_extension
 from lit_ppool.kernels.reference import PPool2dFunction
 
-TESTS = Path(__file__).parent
+from helpers.kernel_parity import TOLERANCES, cases, make_input, parity_failures
+from helpers.tiny import HELPERS
 
 
 def test_cpu_kernel_builds_here():
@@ -92,7 +91,7 @@ _OTHER_ISAS = {"AVX512": ["avx2", "default"], "AVX2": ["default"]}.get(torch.bac
 def test_cpu_kernel_builds_for_other_isas_match_reference(isa):
     env = {**os.environ, "ATEN_CPU_CAPABILITY": isa, "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, str(TESTS / "cpu_isa_check.py")], env=env, capture_output=True, text=True
+        [sys.executable, str(HELPERS / "cpu_isa_check.py")], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.splitlines()[-1])
@@ -175,7 +174,7 @@ def test_triton_kernels_match_reference_in_the_interpreter():
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, str(TESTS / "triton_interpreter_check.py")], env=env, capture_output=True, text=True
+        [sys.executable, str(HELPERS / "triton_interpreter_check.py")], env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
@@ -190,7 +189,7 @@ def test_triton_kernels_index_offsets_past_2_31_in_the_interpreter():
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(
-        [sys.executable, str(TESTS / "triton_interpreter_check.py"), "--offsets"],
+        [sys.executable, str(HELPERS / "triton_interpreter_check.py"), "--offsets"],
         env=env, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr[-3000:]

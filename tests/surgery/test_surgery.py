@@ -9,7 +9,15 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from lit_ppool import GlobalPPool2d, PPool2d, PPoolBase, SwapReport, available_poolings, bake_pooling, swap_pooling
+from lit_ppool import (
+    GlobalPPool2d,
+    PPool2d,
+    PPoolBase,
+    SwapReport,
+    available_poolings,
+    bake_pooling,
+    swap_pooling,
+)
 from lit_ppool.layers.baselines import AveragePool2d
 from lit_ppool.layers.same import SamePadPool2d
 from lit_ppool.surgery import SKIP_KINDS, Skip, Swap

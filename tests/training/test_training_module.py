@@ -10,13 +10,9 @@ from lightning.pytorch.callbacks import Callback
 from lit_ppool import PPool2d, PPoolSegmentationModule, SyntheticDetailDataModule
 from lit_ppool.training.module import ConfigError
 
-TINY = dict(
-    arch="Unet",
-    encoder_name="resnet18",
-    encoder_weights=None,
-    num_classes=5,
-    model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]},
-)
+from helpers.tiny import TINY_MODEL
+
+TINY = TINY_MODEL
 
 
 def tiny_data(**kwargs):

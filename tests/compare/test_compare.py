@@ -14,9 +14,10 @@ import pytest
 from lit_ppool.compare import Comparison, load_results, paired_difference, summarize, write_report
 from lit_ppool.compare.runner import main as compare_main
 from lit_ppool.compare.stats import student_t_quantile
-from wandb_records import records
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers.tiny import QUICKSTART
+from helpers.wandb_records import records
+
 TINY = [
     "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
     "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}", "--data.init_args.image_size=32",
@@ -103,7 +104,7 @@ def test_a_broken_result_file_is_named(tmp_path):
 ])  # fmt: skip
 def test_bad_arguments_fail_before_any_run(args, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    config = [] if args == [] else ["--config", str(ROOT / "configs" / "quickstart.yaml")]
+    config = [] if args == [] else ["--config", QUICKSTART]
     with pytest.raises(SystemExit) as info:
         compare_main([*config, *args])
     assert info.value.code == 2 and message in capsys.readouterr().err
@@ -113,7 +114,7 @@ def test_bad_arguments_fail_before_any_run(args, message, tmp_path, monkeypatch,
 def test_a_config_that_does_not_fit_fails_before_any_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        compare_main(["--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.encoder_name=resnt18", *TINY])
+        compare_main(["--config", QUICKSTART, "--model.encoder_name=resnt18", *TINY])
     assert info.value.code == 2 and "resnet18" in capsys.readouterr().err
     assert not (tmp_path / "compare_quickstart").exists()
 
@@ -136,7 +137,7 @@ def _run_record(path: Path, timeout: float = 300.0):
 def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    args = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--poolings", "max,p", "--seeds", "2",
+    args = ["--config", QUICKSTART, "--poolings", "max,p", "--seeds", "2",
             "--output", "cmp", *TINY]  # fmt: skip
     assert compare_main(args) == 0
     out = tmp_path / "cmp"
@@ -171,7 +172,7 @@ def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, ca
 
 def test_print_commands_run_as_printed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["--config", str(ROOT / "configs" / "quickstart.yaml"), "--poolings", "p", "--seeds", "1", "--output", "cmp", *TINY]
+    args = ["--config", QUICKSTART, "--poolings", "p", "--seeds", "1", "--output", "cmp", *TINY]
     assert compare_main([*args, "--print-commands"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("lit-ppool fit ") and " && lit-ppool test " in line

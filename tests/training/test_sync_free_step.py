@@ -12,8 +12,9 @@ from torch.overrides import TorchFunctionMode
 from lit_ppool import PPoolSegmentationModule, SyntheticDetailDataModule
 from lit_ppool.training.data.checks import check_labels
 
-TINY = dict(arch="Unet", encoder_name="resnet18", encoder_weights=None, num_classes=5,
-            model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]})  # fmt: skip
+from helpers.tiny import TINY_MODEL
+
+TINY = TINY_MODEL
 
 # functions whose result the host must wait for when the tensor lives on a GPU
 _SYNCING = {

@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from oracle import expected_p_pool2d
 
 from lit_ppool.functional import p_pool2d
+
+from helpers.oracle import expected_p_pool2d
 
 FUZZ = settings(
     max_examples=250, derandomize=True, database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -1,6 +1,5 @@
 """Bad configuration: each mistake gets one clear error, listing the valid options, before any training step."""
 
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -19,9 +18,10 @@ from lit_ppool.cli import main
 from lit_ppool.training.data.checks import DatasetRootError
 from lit_ppool.training.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from helpers.tiny import CONFIGS
+
 SYNTHETIC_CONFIGS = {"quickstart.yaml", "benchmark.yaml"}  # no dataset root, no pretrained weights
-QUICKSTART = [
+TINY_QUICKSTART = [
     "--config", str(CONFIGS / "quickstart.yaml"), "--trainer.max_steps=1", "--trainer.enable_progress_bar=false",
     "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}", "--data.init_args.image_size=32",
 ]  # fmt: skip
@@ -67,7 +67,7 @@ def test_cli_missing_dataset_root_is_one_error_without_traceback(config, tmp_pat
 )
 def test_cli_bad_values_fail_before_training(flag, listed, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["fit", *QUICKSTART, flag])
+        main(["fit", *TINY_QUICKSTART, flag])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert listed in err and "Traceback" not in err
@@ -84,7 +84,7 @@ def test_cli_bad_values_fail_before_training(flag, listed, tmp_path, capsys):
 )
 def test_cli_bad_datamodule_argument_is_one_line_without_traceback(flag, expected, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["fit", *QUICKSTART, flag])
+        main(["fit", *TINY_QUICKSTART, flag])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert f"error: {expected}" in err and "Traceback" not in err

@@ -12,9 +12,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from kernel_parity import cases, parity_failures  # noqa: E402
-
 from lit_ppool.kernels.cpu import CppPPool2dFunction, load_extension  # noqa: E402
+
+from helpers.kernel_parity import cases, parity_failures  # noqa: E402
 
 if __name__ == "__main__":
     failures = []

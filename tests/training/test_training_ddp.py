@@ -7,14 +7,9 @@ from lightning.pytorch.callbacks import Callback
 
 from lit_ppool import PPoolSegmentationModule, SyntheticDetailDataModule
 
-TINY = dict(
-    arch="Unet",
-    encoder_name="resnet18",
-    encoder_weights=None,
-    num_classes=5,
-    alpha_lr_mult=50.0,
-    model_kwargs={"decoder_channels": [32, 16, 16, 8, 8]},
-)
+from helpers.tiny import TINY_MODEL
+
+TINY = {**TINY_MODEL, "alpha_lr_mult": 50.0}
 ALPHA = "model.encoder.maxpool.alpha_raw"
 
 

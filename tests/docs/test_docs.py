@@ -4,13 +4,14 @@ import doctest
 import importlib
 import pkgutil
 import re
-from pathlib import Path
 
 import pytest
 
 import lit_ppool
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from helpers.tiny import ROOT
+
+README = ROOT / "README.md"
 MODULES = sorted(info.name for info in pkgutil.walk_packages(lit_ppool.__path__, "lit_ppool."))
 
 
