@@ -381,9 +381,10 @@ def model_card(
 
 
 def _env_offline() -> bool:
-    from huggingface_hub import is_offline_mode
+    from huggingface_hub import constants
 
-    return is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+    # the constant is read when huggingface_hub is imported; the variable may be set after that
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

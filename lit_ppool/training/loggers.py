@@ -137,6 +137,8 @@ class WandbLogger(_LightningWandbLogger):
     @rank_zero_experiment
     def experiment(self) -> Any:
         """The ``wandb`` run (created on first use, on rank zero; a dummy elsewhere)."""
+        # wandb 0.17 (our floor) does not create a missing `dir`: it logs to the system temp folder instead
+        os.makedirs(self.save_dir, exist_ok=True)
         if self.attached_copy:
             import wandb
 

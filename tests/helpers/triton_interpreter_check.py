@@ -10,7 +10,7 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: `helpers`
 
 from lit_ppool.functional import pool_geometry
 from lit_ppool.kernels.triton_kernels import TritonPPool2dFunction
