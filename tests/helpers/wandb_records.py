@@ -61,10 +61,19 @@ def _key(item: Any) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+def _flat(key: str, value: Any) -> Iterator[tuple[str, Any]]:
+    # newer wandb writes a media value (histogram, image) as one item per field, older as one JSON object
+    if isinstance(value, dict):
+        for field, inner in value.items():
+            yield from _flat(f"{key}/{field}", inner)
+    else:
+        yield key, value
+
+
 def history(path: str | Path) -> list[dict[str, Any]]:
-    """The logged rows (``run.log`` calls), values decoded from JSON."""
+    """The logged rows (``run.log`` calls), values decoded from JSON, media values flattened to ``key/field``."""
     return [
-        {_key(item): json.loads(item.value_json) for item in record.history.item}
+        dict(pair for item in record.history.item for pair in _flat(_key(item), json.loads(item.value_json)))
         for record in records(path)
         if record.WhichOneof("record_type") == "history"
     ]
