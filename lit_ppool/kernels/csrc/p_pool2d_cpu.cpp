@@ -38,16 +38,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <limits>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 namespace {
 
@@ -965,26 +960,6 @@ void backward_channels_last_direct(const BackwardData<scalar_t>& d, const Geomet
 // ---------------------------------------------------------------------------------------
 // Entry points.
 
-// at::empty, with the large outputs backed by transparent huge pages where the kernel
-// offers them only on request (THP "madvise" mode, common). An output of several MiB is
-// freshly mapped memory on most calls (allocations past glibc's mmap threshold are
-// returned to the OS when freed), and the kernel zero-fills it page by page on first
-// touch: with 4 KiB pages that page-fault work cost more than the arithmetic in backward
-// (about 45 ms for the 32 MiB dL/dx of the (8, 64, 128, 128) benchmark input on the 2-core
-// development machine, against about 10 ms with 2 MiB pages). Only the 2 MiB-aligned
-// interior is advised; failure (no THP, another OS) just leaves the normal pages.
-at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + t.nbytes()) & ~(kHuge - 1);
-  if (last > first + kHuge) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
-  return t;
-}
-
 // NHWC in memory (and not also NCHW-contiguous): the channels-last kernels.
 bool is_channels_last(const at::Tensor& t) {
   return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -1016,9 +991,9 @@ std::vector<at::Tensor> p_pool2d_forward(const at::Tensor& input, const at::Tens
   const Geometry g(geometry, input.size(2), input.size(3));
   const bool channels_last = is_channels_last(input);
   const auto layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  auto output = empty_output({input.size(0), input.size(1), g.out_h, g.out_w}, input.options().memory_format(layout));
-  auto log_max = empty_output({input.size(0), input.size(1), g.out_h, g.out_w},
-                              input.options().dtype(at::kFloat).memory_format(layout));
+  auto output = at::empty({input.size(0), input.size(1), g.out_h, g.out_w}, input.options().memory_format(layout));
+  auto log_max = at::empty({input.size(0), input.size(1), g.out_h, g.out_w},
+                           input.options().dtype(at::kFloat).memory_format(layout));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_forward", [&] {
     const ForwardData<scalar_t> data(input, alpha, output, log_max);
     if (channels_last) {
@@ -1045,7 +1020,7 @@ std::vector<at::Tensor> p_pool2d_backward(const at::Tensor& input, const at::Ten
   TORCH_CHECK(grad_output.is_contiguous(layout) && grad_output.scalar_type() == input.scalar_type(),
               "p_pool2d_cpu: expected grad_output in the input's dtype and layout");
   const Geometry g(geometry, input.size(2), input.size(3));
-  auto grad_input = empty_output(input.sizes(), input.options().memory_format(layout));
+  auto grad_input = at::empty_like(input, layout);
   auto grad_alpha_planes = at::empty({input.size(0), input.size(1)}, input.options().dtype(at::kFloat));
   const at::Tensor lmax = log_max.contiguous(layout);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_backward", [&] {
