@@ -21,7 +21,7 @@
 // Non-overlapping windows inside the input (e.g. VGG's 2x2 stride 2) skip both layouts'
 // buffers: every input is read by one window only, so each window's inputs are loaded
 // straight from the tensor and backward writes dL/dx straight out (see "Non-overlapping
-// windows" below). Large outputs are advised onto transparent huge pages (empty_output).
+// windows" below).
 //
 // Numerics (as in lit_ppool.kernels.reference): weights u_i = exp(alpha * (l_i - lm)), lm =
 // the window maximum of l (at least log eps), so u is in (0, 1], the maximum weighs 1 and
