@@ -3,19 +3,27 @@ and one smp U-Net training step with P-pooling against the same model with max p
 
     python benchmarks/run.py                 # the README's table (CPU; CUDA too when present)
     python benchmarks/run.py --quick         # small shapes, a smoke run
+    python benchmarks/run.py --isa avx2      # the kernel built for another CPU ISA (avx2, avx512, default)
 
 Prints Markdown tables: median times (ms) over repeated runs, ratios to ``F.max_pool2d`` (or
 to the max-pooling model), and the bytes autograd keeps for backward besides the input.
 Timings are interleaved (every candidate runs once per round) so that machine load affects
-all candidates alike.
+all candidates alike. Each ratio is followed by its spread over the rounds: the interquartile
+range [q1, q3] of the per-round ratios (each round's time over the baseline's time in the
+same round).
+
+``--isa`` re-runs the script with ``ATEN_CPU_CAPABILITY`` set, which makes torch (and so the
+fused kernel, built once per ISA) use that vector ISA; the header says which one ran.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable
 
@@ -44,7 +52,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(candidates: dict[str, Callable[[], None]], device, rounds: int, warmup: int = 2) -> dict:
+def interleaved_times(candidates: dict[str, Callable[[], None]], device, rounds: int, warmup: int = 2) -> dict:
+    """Seconds per round of every candidate, rounds interleaved."""
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
@@ -56,7 +65,17 @@ def interleaved_medians(candidates: dict[str, Callable[[], None]], device, round
             fn()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def ratio(times: dict, name: str, baseline: str) -> str:
+    """Ratio of the median times, then [q1, q3] of the per-round ratios (the run-to-run spread)."""
+    per_round = [t / b for t, b in zip(times[name], times[baseline])]
+    median = statistics.median(times[name]) / statistics.median(times[baseline])
+    if len(per_round) < 2:
+        return f"{median:.2f}"
+    q1, _, q3 = statistics.quantiles(per_round, n=4, method="inclusive")
+    return f"{median:.2f} [{q1:.2f}, {q3:.2f}]"
 
 
 def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> int:
@@ -74,7 +93,7 @@ def op_table(device: torch.device, dtype: torch.dtype, shape, rounds: int, chann
     alpha = torch.tensor([1.5], device=device, requires_grad=True)
     title = f"{device.type.upper()} {str(dtype).removeprefix('torch.')}{', channels-last' if channels_last else ''}"
     rows = [f"\n**{title}, input {tuple(shape)}**\n",
-            "| geometry | pooling | forward ms | x max | fwd+bwd ms | x max | kept for backward |",
+            "| geometry | pooling | forward ms | x max [IQR] | fwd+bwd ms | x max [IQR] | kept for backward |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for geometry_name, (k, s, p) in GEOMETRIES.items():
         ops = {
@@ -92,14 +111,14 @@ def op_table(device: torch.device, dtype: torch.dtype, shape, rounds: int, chann
             forward[name] = lambda op=op: op(x)
             both[name] = lambda op=op, grad=grad: op(x_grad).backward(grad)
         with torch.no_grad():
-            forward_times = interleaved_medians(forward, device, rounds)
-        both_times = interleaved_medians(both, device, rounds)
+            forward_times = interleaved_times(forward, device, rounds)
+        both_times = interleaved_times(both, device, rounds)
         for name, op in ops.items():
             kept = saved_bytes(op, x_grad)
             rows.append(
-                f"| {geometry_name} | {name} | {forward_times[name] * 1e3:.1f} | "
-                f"{forward_times[name] / forward_times['F.max_pool2d']:.2f} | {both_times[name] * 1e3:.1f} | "
-                f"{both_times[name] / both_times['F.max_pool2d']:.2f} | {kept / 2**20:.1f} MiB |"
+                f"| {geometry_name} | {name} | {statistics.median(forward_times[name]) * 1e3:.1f} | "
+                f"{ratio(forward_times, name, 'F.max_pool2d')} | {statistics.median(both_times[name]) * 1e3:.1f} | "
+                f"{ratio(both_times, name, 'F.max_pool2d')} | {kept / 2**20:.1f} MiB |"
             )
     return rows
 
@@ -108,7 +127,7 @@ def model_table(device: torch.device, batch: int, size: int, rounds: int) -> lis
     import segmentation_models_pytorch as smp
 
     rows = [f"\n**One training step of smp.Unet, {device.type.upper()} float32, batch {batch}x3x{size}x{size}, 21 classes**\n",
-            "| encoder | pools swapped | max-pool step ms | P-pool step ms | ratio |",
+            "| encoder | pools swapped | max-pool step ms | P-pool step ms | ratio [IQR] |",
             "| --- | ---: | ---: | ---: | ---: |"]
     x = torch.rand(batch, 3, size, size, device=device)
     target = torch.randint(0, 21, (batch, size, size), device=device)
@@ -127,9 +146,15 @@ def model_table(device: torch.device, batch: int, size: int, rounds: int) -> lis
                 optimizer.step()
 
             steps[pooling] = step
-        times = interleaved_medians(steps, device, rounds, warmup=1)
-        rows.append(f"| {encoder} | {swapped} | {times['max'] * 1e3:.0f} | {times['p'] * 1e3:.0f} | "
-                    f"{times['p'] / times['max']:.3f} |")
+        times = interleaved_times(steps, device, rounds, warmup=1)
+        per_round = sorted(p / m for p, m in zip(times["p"], times["max"]))
+        spread = ""
+        if len(per_round) >= 2:
+            q1, _, q3 = statistics.quantiles(per_round, n=4, method="inclusive")
+            spread = f" [{q1:.3f}, {q3:.3f}]"
+        median_max, median_p = statistics.median(times["max"]), statistics.median(times["p"])
+        rows.append(f"| {encoder} | {swapped} | {median_max * 1e3:.0f} | {median_p * 1e3:.0f} | "
+                    f"{median_p / median_max:.3f}{spread} |")
     return rows
 
 
@@ -137,7 +162,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes and few rounds (smoke run)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate")
+    parser.add_argument("--model-rounds", type=int, default=None, help="timed rounds of the U-Net steps")
+    parser.add_argument("--isa", choices=["avx512", "avx2", "default"], default=None,
+                        help="run with ATEN_CPU_CAPABILITY set to this ISA (the kernel is built once per ISA)")
     args = parser.parse_args()
+    if args.isa is not None and os.environ.get("ATEN_CPU_CAPABILITY") != args.isa:
+        # torch reads the variable when it first queries the CPU: start afresh with it set
+        os.environ["ATEN_CPU_CAPABILITY"] = args.isa
+        os.execv(sys.executable, [sys.executable, *sys.argv])
 
     start = time.perf_counter()
     extension = load_extension()
@@ -157,7 +189,7 @@ def main() -> None:
             print("\n".join(op_table(device, dtype, op_shape, rounds)))
         print("\n".join(op_table(device, torch.float32, op_shape, rounds, channels_last=True)))
         batch, size = (1, 64) if args.quick else ((4, 128) if device.type == "cpu" else (16, 512))
-        print("\n".join(model_table(device, batch, size, max(3, rounds // 3))))
+        print("\n".join(model_table(device, batch, size, args.model_rounds or max(3, rounds // 3))))
 
 
 if __name__ == "__main__":

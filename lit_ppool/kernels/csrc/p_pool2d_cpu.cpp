@@ -18,6 +18,11 @@
 // vector (per channel or broadcast) and dL/dalpha accumulates per lane, i.e. per channel.
 // Backward accumulates dL/dx in the ring and writes a row out once no later window reads it.
 //
+// Non-overlapping windows inside the input (e.g. VGG's 2x2 stride 2) skip both layouts'
+// buffers: every input is read by one window only, so each window's inputs are loaded
+// straight from the tensor and backward writes dL/dx straight out (see "Non-overlapping
+// windows" below).
+//
 // Numerics (as in lit_ppool.kernels.reference): weights u_i = exp(alpha * (l_i - lm)), lm =
 // the window maximum of l (at least log eps), so u is in (0, 1], the maximum weighs 1 and
 // nothing overflows; padded positions weigh 0; NaN propagates. exp and log are inlined
@@ -483,9 +488,6 @@ void backward_kernel(const BackwardData<scalar_t>& d, const Geometry& g, float e
   });
 }
 
-// ---------------------------------------------------------------------------------------
-// Channels-last kernels.
-
 // `count` channels starting at `src`; lanes past them are 0.
 template <typename scalar_t>
 inline Vec load_lanes(const scalar_t* src, int64_t count) {
@@ -508,6 +510,158 @@ inline void store_lanes(const Vec& v, scalar_t* dst, int64_t count) {
     for (int64_t k = 0; k < count; ++k) dst[k] = static_cast<scalar_t>(lanes[k]);
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// Non-overlapping windows (both layouts).
+//
+// When no two windows share an input and every window lies inside the input (no padding;
+// e.g. VGG's 2x2 stride 2), each input's log and reciprocal are needed exactly once, so the
+// split buffers, the row ring, the zeroed dL/dx accumulators and the un-split pass only cost
+// memory traffic. These kernels read each window's inputs straight from the tensor into a
+// small per-window scratch (V lanes per window element, in L1) and backward writes dL/dx
+// straight to the output tensor. The window math is the shared code above, so results are
+// the same bit for bit as through the general kernels.
+
+inline bool non_overlapping(const Geometry& g) {
+  return g.ph == 0 && g.pw == 0 && g.sh >= (g.kh - 1) * g.dh + 1 && g.sw >= (g.kw - 1) * g.dw + 1 &&
+         g.rows <= g.height && (g.out_w - 1) * g.sw + (g.kw - 1) * g.dw + 1 <= g.width;
+}
+
+// Window element k of V windows at [k * V, (k + 1) * V) of each buffer.
+struct WindowScratch {
+  std::vector<int64_t> taps;
+  std::vector<float> values, logs, recips, grad, weights;
+
+  explicit WindowScratch(int64_t window_size)
+      : taps(window_size), values(window_size * V), logs(window_size * V), recips(window_size * V),
+        grad(window_size * V), weights(window_size * V) {
+    for (int64_t k = 0; k < window_size; ++k) taps[k] = k * V;
+  }
+  // Element k holds x; its log and, for backward, its reciprocal (0 below eps).
+  void set(int64_t k, const Vec& x, const Vec& eps, bool with_recips) {
+    x.store(values.data() + k * V);
+    log_floored(x, eps).store(logs.data() + k * V);
+    if (with_recips) Vec::blendv(Vec(0.0f), reciprocal(x), x >= eps).store(recips.data() + k * V);
+  }
+};
+
+// Whether input row (or column) r is read by a window, given the windows' size, stride,
+// dilation and count along that axis: rows between the windows of a stride larger than the
+// window, or past the last window, get dL/dx = 0.
+inline bool is_read(int64_t r, int64_t k, int64_t s, int64_t d, int64_t out) {
+  const int64_t o = r / s, i = r % s;
+  return o < out && i % d == 0 && i / d < k;
+}
+
+// NCHW, windows 2 columns wide at stride 2 (dw = 1): the two columns of V windows are one
+// deinterleave of 2V consecutive inputs, and dL/dx one interleave back.
+inline bool nchw_pairs(const Geometry& g) { return non_overlapping(g) && g.kw == 2 && g.sw == 2 && g.dw == 1; }
+
+template <typename scalar_t>
+void forward_pairs(const ForwardData<scalar_t>& d, const Geometry& g, float eps) {
+  const int64_t planes = d.batch * d.channels;
+  const int64_t in_plane = g.height * g.width;
+  const int64_t out_plane = g.out_h * g.out_w;
+  const int64_t row_size = 2 * g.out_w_padded;  // 2 * out_w <= width: the tail is zeros past the input
+
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    WindowScratch w(g.kh * 2);
+    std::vector<float> rows(g.kh * row_size);
+    const Vec veps(eps), log_eps(std::log(eps));
+    for (int64_t p = begin; p < end; ++p) {
+      const Vec a_w = plane_alpha(d.alphas, d.per_channel, p, d.channels).second;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const scalar_t* src = d.in + p * in_plane + (oh * g.sh + i * g.dh) * g.width;
+          load_row(src, rows.data() + i * row_size, std::min(g.width, row_size), row_size, 0.0f);
+        }
+        scalar_t* out_row = d.out + p * out_plane + oh * g.out_w;
+        float* lmax_row = d.lmax + p * out_plane + oh * g.out_w;
+        for (int64_t ow = 0; ow < g.out_w; ow += V) {
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const float* src = rows.data() + i * row_size + 2 * ow;
+            const auto pair = at::vec::deinterleave2(Vec::loadu(src), Vec::loadu(src + V));
+            w.set(2 * i, pair.first, veps, false);
+            w.set(2 * i + 1, pair.second, veps, false);
+          }
+          const int64_t count = std::min(V, g.out_w - ow);
+          const Vec lm = window_log_max(w.taps, w.logs.data(), log_eps);
+          store_lanes(window_output(w.taps, w.logs.data(), w.values.data(), lm, a_w), out_row + ow, count);
+          lm.store(lmax_row + ow, count);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_pairs(const BackwardData<scalar_t>& d, const Geometry& g, float eps) {
+  const int64_t planes = d.batch * d.channels;
+  const int64_t in_plane = g.height * g.width;
+  const int64_t out_plane = g.out_h * g.out_w;
+  const int64_t row_size = std::max(g.width, 2 * g.out_w_padded);
+
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    WindowScratch w(g.kh * 2);
+    std::vector<float> rows(g.kh * row_size), grad_rows(g.kh * row_size, 0.0f);
+    const Vec veps(eps);
+    for (int64_t p = begin; p < end; ++p) {
+      const auto [a, a_w] = plane_alpha(d.alphas, d.per_channel, p, d.channels);
+      scalar_t* gin = d.gin + p * in_plane;
+      Vec grad_alpha(0.0f);
+      for (int64_t r = 0; r < g.height; ++r) {
+        if (!is_read(r, g.kh, g.sh, g.dh, g.out_h)) std::fill(gin + r * g.width, gin + (r + 1) * g.width, static_cast<scalar_t>(0.0f));
+      }
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const scalar_t* src = d.in + p * in_plane + (oh * g.sh + i * g.dh) * g.width;
+          load_row(src, rows.data() + i * row_size, g.width, row_size, 0.0f);
+        }
+        const scalar_t* gout_row = d.gout + p * out_plane + oh * g.out_w;
+        const float* lmax_row = d.lmax + p * out_plane + oh * g.out_w;
+        for (int64_t ow = 0; ow < g.out_w; ow += V) {
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const float* src = rows.data() + i * row_size + 2 * ow;
+            const auto pair = at::vec::deinterleave2(Vec::loadu(src), Vec::loadu(src + V));
+            w.set(2 * i, pair.first, veps, true);
+            w.set(2 * i + 1, pair.second, veps, true);
+          }
+          std::fill(w.grad.begin(), w.grad.end(), 0.0f);
+          const int64_t count = std::min(V, g.out_w - ow);
+          const Vec grad_y = load_lanes(gout_row + ow, count);
+          if (count == V) {
+            grad_alpha = grad_alpha + window_backward<false>(w.taps, w.logs.data(), w.values.data(), w.recips.data(),
+                                                             w.grad.data(), w.weights.data(), Vec::loadu(lmax_row + ow),
+                                                             grad_y, a, a_w, Vec());
+          } else {
+            // Lanes past the output width read columns no window covers (or zeros): masked.
+            const Vec live = Vec::set(Vec(0.0f), Vec(1.0f), count) == Vec(1.0f);
+            const Vec lm = Vec::blendv(Vec(kNoWindow), Vec::loadu(lmax_row + ow, count), live);
+            grad_alpha = grad_alpha + window_backward<true>(w.taps, w.logs.data(), w.values.data(), w.recips.data(),
+                                                            w.grad.data(), w.weights.data(), lm, grad_y, a, a_w, live);
+          }
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const auto pair = at::vec::interleave2(Vec::loadu(w.grad.data() + 2 * i * V),
+                                                   Vec::loadu(w.grad.data() + (2 * i + 1) * V));
+            float* dst = grad_rows.data() + i * row_size + 2 * ow;
+            pair.first.store(dst);
+            pair.second.store(dst + V);
+          }
+        }
+        // Columns past the last window (an odd width) get 0.
+        for (int64_t i = 0; i < g.kh; ++i) {
+          float* grad_row = grad_rows.data() + i * row_size;
+          std::fill(grad_row + 2 * g.out_w, grad_row + g.width, 0.0f);
+          store_row(grad_row, gin + (oh * g.sh + i * g.dh) * g.width, g.width);
+        }
+      }
+      d.galpha[p] = lane_sum(grad_alpha);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Channels-last kernels.
 
 // One task: image n, channels [c0, c1) (whole blocks of V but the last). It walks the output
 // rows in order and keeps the padded input rows they read in a ring of `slots` row buffers
@@ -696,6 +850,113 @@ void backward_channels_last(const BackwardData<scalar_t>& d, const Geometry& g, 
   });
 }
 
+// Channels-last, non-overlapping windows: element k of a window is V contiguous channels at
+// a fixed offset from the window's first pixel, one load each; no row ring.
+inline std::vector<int64_t> pixel_offsets(const Geometry& g, int64_t channels) {
+  std::vector<int64_t> offsets;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    for (int64_t j = 0; j < g.kw; ++j) offsets.push_back((i * g.dh * g.width + j * g.dw) * channels);
+  }
+  return offsets;
+}
+
+// The alphas of channels [c0, c1) per block of V, as given and as used in the weights.
+inline std::pair<std::vector<Vec>, std::vector<Vec>> channel_alphas(const float* alphas, bool per_channel,
+                                                                     int64_t c0, int64_t c1) {
+  std::vector<Vec> a, a_w;
+  for (int64_t c = c0; c < c1; c += V) {
+    const auto [given, used] = with_weight_alpha(per_channel ? Vec::loadu(alphas + c, std::min(V, c1 - c))
+                                                             : Vec(alphas[0]));
+    a.push_back(given);
+    a_w.push_back(used);
+  }
+  return {a, a_w};
+}
+
+template <typename scalar_t>
+void forward_channels_last_direct(const ForwardData<scalar_t>& d, const Geometry& g, float eps) {
+  const int64_t groups = channel_groups(d.batch, d.channels);
+  const int64_t channels = d.channels;
+  const std::vector<int64_t> offsets = pixel_offsets(g, channels);
+
+  at::parallel_for(0, d.batch * groups, 1, [&](int64_t begin, int64_t end) {
+    WindowScratch w(g.kh * g.kw);
+    const Vec veps(eps), log_eps(std::log(eps));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups;
+      const auto [c0, c1] = group_channels(task % groups, groups, channels);
+      const auto a_w = channel_alphas(d.alphas, d.per_channel, c0, c1).second;
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const scalar_t* window = d.in + ((n * g.height + oh * g.sh) * g.width + ow * g.sw) * channels;
+          const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * channels;
+          for (int64_t c = c0; c < c1; c += V) {
+            const int64_t count = std::min(V, c1 - c);
+            for (size_t k = 0; k < offsets.size(); ++k) w.set(k, load_lanes(window + offsets[k] + c, count), veps, false);
+            const Vec lm = window_log_max(w.taps, w.logs.data(), log_eps);
+            const Vec y = window_output(w.taps, w.logs.data(), w.values.data(), lm, a_w[(c - c0) / V]);
+            store_lanes(y, d.out + at + c, count);
+            lm.store(d.lmax + at + c, count);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_channels_last_direct(const BackwardData<scalar_t>& d, const Geometry& g, float eps) {
+  const int64_t groups = channel_groups(d.batch, d.channels);
+  const int64_t channels = d.channels;
+  const std::vector<int64_t> offsets = pixel_offsets(g, channels);
+
+  at::parallel_for(0, d.batch * groups, 1, [&](int64_t begin, int64_t end) {
+    WindowScratch w(g.kh * g.kw);
+    const Vec veps(eps);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups;
+      const auto [c0, c1] = group_channels(task % groups, groups, channels);
+      const auto [a, a_w] = channel_alphas(d.alphas, d.per_channel, c0, c1);
+      std::vector<Vec> grad_alpha(a.size(), Vec(0.0f));
+      scalar_t* grad_image = d.gin + n * g.height * g.width * channels;
+      // Inputs no window reads get 0.
+      for (int64_t r = 0; r < g.height; ++r) {
+        const bool row_read = is_read(r, g.kh, g.sh, g.dh, g.out_h);
+        for (int64_t col = 0; col < g.width; ++col) {
+          if (row_read && is_read(col, g.kw, g.sw, g.dw, g.out_w)) continue;
+          scalar_t* dst = grad_image + (r * g.width + col) * channels;
+          std::fill(dst + c0, dst + c1, static_cast<scalar_t>(0.0f));
+        }
+      }
+      // Lanes past the channels hold x = 0, lm = 0 and dL/dy = 0: they add exactly 0.
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        for (int64_t ow = 0; ow < g.out_w; ++ow) {
+          const int64_t origin = ((n * g.height + oh * g.sh) * g.width + ow * g.sw) * channels;
+          const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * channels;
+          for (int64_t c = c0; c < c1; c += V) {
+            const int64_t count = std::min(V, c1 - c), b = (c - c0) / V;
+            for (size_t k = 0; k < offsets.size(); ++k) {
+              w.set(k, load_lanes(d.in + origin + offsets[k] + c, count), veps, true);
+            }
+            std::fill(w.grad.begin(), w.grad.end(), 0.0f);
+            grad_alpha[b] = grad_alpha[b] + window_backward<false>(
+                w.taps, w.logs.data(), w.values.data(), w.recips.data(), w.grad.data(), w.weights.data(),
+                Vec::loadu(d.lmax + at + c, count), load_lanes(d.gout + at + c, count), a[b], a_w[b], Vec());
+            for (size_t k = 0; k < offsets.size(); ++k) {
+              store_lanes(Vec::loadu(w.grad.data() + k * V), d.gin + origin + offsets[k] + c, count);
+            }
+          }
+        }
+      }
+      for (int64_t c = c0; c < c1; c += V) {
+        float lanes[V];
+        grad_alpha[(c - c0) / V].store(lanes);
+        std::copy(lanes, lanes + std::min(V, c1 - c), d.galpha + n * channels + c);
+      }
+    }
+  });
+}
+
 // ---------------------------------------------------------------------------------------
 // Entry points.
 
@@ -736,7 +997,13 @@ std::vector<at::Tensor> p_pool2d_forward(const at::Tensor& input, const at::Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_forward", [&] {
     const ForwardData<scalar_t> data(input, alpha, output, log_max);
     if (channels_last) {
-      forward_channels_last(data, g, static_cast<float>(eps));
+      if (non_overlapping(g)) {
+        forward_channels_last_direct(data, g, static_cast<float>(eps));
+      } else {
+        forward_channels_last(data, g, static_cast<float>(eps));
+      }
+    } else if (nchw_pairs(g)) {
+      forward_pairs(data, g, static_cast<float>(eps));
     } else {
       forward_kernel(data, g, static_cast<float>(eps));
     }
@@ -759,7 +1026,13 @@ std::vector<at::Tensor> p_pool2d_backward(const at::Tensor& input, const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_backward", [&] {
     const BackwardData<scalar_t> data(input, alpha, lmax, grad_output, grad_input, grad_alpha_planes);
     if (channels_last) {
-      backward_channels_last(data, g, static_cast<float>(eps));
+      if (non_overlapping(g)) {
+        backward_channels_last_direct(data, g, static_cast<float>(eps));
+      } else {
+        backward_channels_last(data, g, static_cast<float>(eps));
+      }
+    } else if (nchw_pairs(g)) {
+      backward_pairs(data, g, static_cast<float>(eps));
     } else {
       backward_kernel(data, g, static_cast<float>(eps));
     }
