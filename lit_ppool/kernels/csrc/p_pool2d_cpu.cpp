@@ -764,9 +764,17 @@ inline std::pair<int64_t, int64_t> group_channels(int64_t group, int64_t groups,
   return {group * blocks / groups * V, std::min(channels, (group + 1) * blocks / groups * V)};
 }
 
-// The alpha of block b of the ring, as given and as used in the weights.
-inline std::pair<Vec, Vec> block_alpha(const float* alphas, bool per_channel, const RowRing& ring, int64_t b) {
-  return with_weight_alpha(per_channel ? Vec::loadu(alphas + ring.c0 + b * V, ring.count(b)) : Vec(alphas[0]));
+// The alphas of channels [c0, c1) per block of V, as given and as used in the weights.
+inline std::pair<std::vector<Vec>, std::vector<Vec>> channel_alphas(const float* alphas, bool per_channel,
+                                                                     int64_t c0, int64_t c1) {
+  std::vector<Vec> a, a_w;
+  for (int64_t c = c0; c < c1; c += V) {
+    const auto [given, used] = with_weight_alpha(per_channel ? Vec::loadu(alphas + c, std::min(V, c1 - c))
+                                                             : Vec(alphas[0]));
+    a.push_back(given);
+    a_w.push_back(used);
+  }
+  return {a, a_w};
 }
 
 template <typename scalar_t>
@@ -781,8 +789,7 @@ void forward_channels_last(const ForwardData<scalar_t>& d, const Geometry& g, fl
       const auto [c0, c1] = group_channels(task % groups, groups, d.channels);
       RowRing ring(g, c0, c1, /*backward=*/false);
       const scalar_t* image = d.in + n * g.height * g.width * d.channels;
-      std::vector<Vec> a_w(ring.blocks);
-      for (int64_t b = 0; b < ring.blocks; ++b) a_w[b] = block_alpha(d.alphas, d.per_channel, ring, b).second;
+      const auto a_w = channel_alphas(d.alphas, d.per_channel, c0, c1).second;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         prepare_rows<scalar_t>(image, g, d.channels, eps, oh, ring, nullptr, unused);
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
@@ -814,8 +821,8 @@ void backward_channels_last(const BackwardData<scalar_t>& d, const Geometry& g, 
       const scalar_t* image = d.in + n * g.height * g.width * d.channels;
       scalar_t* grad_image = d.gin + n * g.height * g.width * d.channels;
       std::vector<bool> written(g.height, false);
-      std::vector<Vec> a(ring.blocks), a_w(ring.blocks), grad_alpha(ring.blocks, Vec(0.0f));
-      for (int64_t b = 0; b < ring.blocks; ++b) std::tie(a[b], a_w[b]) = block_alpha(d.alphas, d.per_channel, ring, b);
+      const auto [a, a_w] = channel_alphas(d.alphas, d.per_channel, c0, c1);
+      std::vector<Vec> grad_alpha(ring.blocks, Vec(0.0f));
       // Lanes past the channels hold x = 0, lm = 0 and dL/dy = 0: they add exactly 0.
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         prepare_rows(image, g, d.channels, eps, oh, ring, grad_image, written);
@@ -858,19 +865,6 @@ inline std::vector<int64_t> pixel_offsets(const Geometry& g, int64_t channels) {
     for (int64_t j = 0; j < g.kw; ++j) offsets.push_back((i * g.dh * g.width + j * g.dw) * channels);
   }
   return offsets;
-}
-
-// The alphas of channels [c0, c1) per block of V, as given and as used in the weights.
-inline std::pair<std::vector<Vec>, std::vector<Vec>> channel_alphas(const float* alphas, bool per_channel,
-                                                                     int64_t c0, int64_t c1) {
-  std::vector<Vec> a, a_w;
-  for (int64_t c = c0; c < c1; c += V) {
-    const auto [given, used] = with_weight_alpha(per_channel ? Vec::loadu(alphas + c, std::min(V, c1 - c))
-                                                             : Vec(alphas[0]));
-    a.push_back(given);
-    a_w.push_back(used);
-  }
-  return {a, a_w};
 }
 
 template <typename scalar_t>
