@@ -5,7 +5,8 @@ The kernel is compiled once per machine and torch version with
 2-core machine) and cached in torch's extension directory (``TORCH_EXTENSIONS_DIR``,
 default ``~/.cache/torch_extensions``). One build serves every geometry and dtype. It is
 compiled for the CPU's vector ISA as torch reports it (AVX512, AVX2 or the portable
-default). A build announces itself on stderr (``lit_ppool: building the fused CPU P-pooling
+default), and with OpenMP where torch's threads are OpenMP threads, so that it runs on torch's
+intra-op threads (``torch.set_num_threads``) like torch's own pooling. A build announces itself on stderr (``lit_ppool: building the fused CPU P-pooling
 kernel ...``) when loading takes longer than a cached load would. If the build fails,
 :func:`load_extension` warns once and returns ``None`` and P-pooling runs on the reference path.
 """
@@ -78,7 +79,13 @@ def load_extension() -> Optional[ModuleType]:
         _put_ninja_on_path()
         started = time.perf_counter()
         notice.start()
-        extension = load(name=name, sources=[str(SOURCE)], extra_cflags=["-O3", *_ISA_FLAGS.get(capability, [])])
+        threads = _openmp_flags()
+        extension = load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", *_ISA_FLAGS.get(capability, []), *threads],
+            extra_ldflags=threads,
+        )
         elapsed = time.perf_counter() - started
         if elapsed >= BUILD_NOTICE_AFTER_S:  # the notice was printed
             print(f"lit_ppool: the CPU kernel is ready ({elapsed:.0f} s)", file=sys.stderr, flush=True)
@@ -94,6 +101,17 @@ def load_extension() -> Optional[ModuleType]:
         return None
     finally:
         notice.cancel()
+
+
+def _openmp_flags() -> list[str]:
+    """``-fopenmp`` where torch's intra-op threads are OpenMP threads, else nothing.
+
+    ``at::parallel_for`` is a header template: in an OpenMP build of torch it splits the work
+    over torch's threads only if the extension itself is compiled with OpenMP, and runs the
+    whole loop on the calling thread otherwise. Linking with ``-fopenmp`` adds a dependency on
+    ``libgomp.so.1``, which resolves to the runtime torch has already loaded.
+    """
+    return ["-fopenmp"] if torch.backends.openmp.is_available() else []
 
 
 def _put_ninja_on_path() -> None:

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from lit_ppool import PPool2d, p_pool2d
-from lit_ppool.functional import pool_geometry
+from lit_ppool.functional import pool_geometry, pool_output_shape
 from lit_ppool.kernels import dispatch
 from lit_ppool.kernels.cpu import CppPPool2dFunction, load_extension
 from lit_ppool.kernels.reference import PPool2dFunction
 
-from helpers.kernel_parity import TOLERANCES, cases, make_input, parity_failures
+from helpers.kernel_parity import TOLERANCES, cases, make_input, parity_failures, run
 from helpers.tiny import HELPERS
 
 
@@ -108,6 +108,38 @@ def test_cpu_kernel_gradient_is_deterministic():
         grads.append((x.grad.clone(), alpha.grad.clone()))
         x.grad = alpha.grad = None
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+
+
+@pytest.fixture
+def torch_threads():
+    """Sets torch's intra-op thread count for a test and restores it afterwards."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def test_cpu_kernel_runs_on_torchs_threads(torch_threads):
+    """The kernel's parallel loops use torch's intra-op threads (a build without OpenMP ran them
+    on one thread whatever torch.set_num_threads said)."""
+    for threads in (1, 2):
+        torch_threads(threads)
+        assert load_extension().worker_threads(64) == threads
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_kernel_results_do_not_depend_on_the_thread_count(torch_threads, layout):
+    x = make_input((3, 5, 14, 16), torch.float32)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    alpha = torch.linspace(0.5, 3.0, 5)
+    for spec in [(2, 2, 0, 1, False), (3, 2, 1, 1, False)]:
+        geometry = pool_geometry(*spec)
+        results = []
+        for threads in (1, 2):
+            torch_threads(threads)
+            results.append(run(CppPPool2dFunction, x, alpha, geometry, torch.ones(3, 5, *pool_output_shape((14, 16), geometry))))
+        for one, two in zip(*results):
+            assert torch.equal(one, two), spec
 
 
 def test_cpu_kernel_keeps_less_for_backward_than_max_pool():

@@ -1034,7 +1034,20 @@ std::vector<at::Tensor> p_pool2d_backward(const at::Tensor& input, const at::Ten
   return {grad_input, grad_alpha_planes};
 }
 
+// How many of torch's intra-op threads at::parallel_for spreads `tasks` one-item tasks over, as
+// the kernels above call it. 1 where the extension was built without the threading runtime
+// that torch uses (the loop then runs on the calling thread alone).
+int64_t worker_threads(int64_t tasks) {
+  std::vector<int64_t> thread_of(tasks, -1);
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) thread_of[t] = at::get_thread_num();
+  });
+  std::sort(thread_of.begin(), thread_of.end());
+  return std::unique(thread_of.begin(), thread_of.end()) - thread_of.begin();
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &p_pool2d_forward, "P-pooling forward: (output, log window max)");
   m.def("backward", &p_pool2d_backward, "P-pooling backward: (grad input, dL/dalpha per (n, c) plane)");
+  m.def("worker_threads", &worker_threads, "Threads that at::parallel_for uses for `tasks` tasks");
 }
