@@ -4,6 +4,7 @@ and one smp U-Net training step with P-pooling against the same model with max p
     python benchmarks/run.py                 # the README's table (CPU; CUDA too when present)
     python benchmarks/run.py --quick         # small shapes, a smoke run
     python benchmarks/run.py --isa avx2      # the kernel built for another CPU ISA (avx2, avx512, default)
+    python benchmarks/run.py --only model    # only the U-Net step table (or: --only ops)
 
 Prints Markdown tables: median times (ms) over repeated runs, ratios to ``F.max_pool2d`` (or
 to the max-pooling model), and the bytes autograd keeps for backward besides the input.
@@ -163,6 +164,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes and few rounds (smoke run)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per candidate")
     parser.add_argument("--model-rounds", type=int, default=None, help="timed rounds of the U-Net steps")
+    parser.add_argument("--only", choices=["ops", "model"], default=None,
+                        help="only the op tables, or only the U-Net step table")
     parser.add_argument("--isa", choices=["avx512", "avx2", "default"], default=None,
                         help="run with ATEN_CPU_CAPABILITY set to this ISA (the kernel is built once per ISA)")
     args = parser.parse_args()
@@ -185,9 +188,12 @@ def main() -> None:
     op_shape = (2, 8, 32, 32) if args.quick else (8, 64, 128, 128)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
-        for dtype in (torch.float32, torch.bfloat16):
-            print("\n".join(op_table(device, dtype, op_shape, rounds)))
-        print("\n".join(op_table(device, torch.float32, op_shape, rounds, channels_last=True)))
+        if args.only != "model":
+            for dtype in (torch.float32, torch.bfloat16):
+                print("\n".join(op_table(device, dtype, op_shape, rounds)))
+            print("\n".join(op_table(device, torch.float32, op_shape, rounds, channels_last=True)))
+        if args.only == "ops":
+            continue
         batch, size = (1, 64) if args.quick else ((4, 128) if device.type == "cpu" else (16, 512))
         print("\n".join(model_table(device, batch, size, args.model_rounds or max(3, rounds // 3))))
 

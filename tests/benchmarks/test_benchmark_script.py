@@ -27,3 +27,14 @@ def test_benchmark_quick_run_prints_all_tables():
     assert len(ours) == len(max_pool) == 6
     assert re.search(r"^\| resnet34 \| 1 \|", result.stdout, flags=re.M)
     assert re.search(r"^\| vgg16 \| 5 \|", result.stdout, flags=re.M)
+
+
+def test_benchmark_only_option_selects_the_tables():
+    for only, expected in [("ops", 3), ("model", 1)]:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--rounds", "1", "--only", only],
+            capture_output=True, text=True, cwd=ROOT,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        titles = re.findall(r"^\*\*(.+?)\*\*$", result.stdout, flags=re.M)
+        assert len(titles) == expected and all(("smp.Unet" in title) == (only == "model") for title in titles), titles
