@@ -104,14 +104,19 @@ def load_extension() -> Optional[ModuleType]:
 
 
 def _openmp_flags() -> list[str]:
-    """``-fopenmp`` where torch's intra-op threads are OpenMP threads, else nothing.
+    """``-fopenmp`` where torch's intra-op threads are OpenMP threads (on Linux), else nothing.
 
-    ``at::parallel_for`` is a header template: in an OpenMP build of torch it splits the work
-    over torch's threads only if the extension itself is compiled with OpenMP, and runs the
-    whole loop on the calling thread otherwise. Linking with ``-fopenmp`` adds a dependency on
-    ``libgomp.so.1``, which resolves to the runtime torch has already loaded.
+    ``at::parallel_for`` is a header template: in a torch whose ATen parallel backend is OpenMP
+    it spreads the work over torch's threads only if the extension itself is compiled with
+    OpenMP, and runs the whole loop on the calling thread otherwise. Linking with ``-fopenmp``
+    adds a dependency on ``libgomp.so.1``; torch's Linux wheels ship a ``libgomp.so.1`` of their
+    own, which is then the one runtime in the process (checked for the wheels this project
+    tests with). Elsewhere (macOS's clang and MSVC take other flags, a torch with the native
+    thread pool needs none) the kernel is built as before: its loops then run on one thread
+    where torch uses OpenMP, and on torch's pool otherwise.
     """
-    return ["-fopenmp"] if torch.backends.openmp.is_available() else []
+    backend_is_openmp = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+    return ["-fopenmp"] if sys.platform.startswith("linux") and backend_is_openmp else []
 
 
 def _put_ninja_on_path() -> None:
