@@ -6,8 +6,9 @@ The kernel is compiled once per machine and torch version with
 default ``~/.cache/torch_extensions``). One build serves every geometry and dtype. It is
 compiled for the CPU's vector ISA as torch reports it (AVX512, AVX2 or the portable
 default), and with OpenMP where torch's threads are OpenMP threads, so that it runs on torch's
-intra-op threads (``torch.set_num_threads``) like torch's own pooling. A build announces itself on stderr (``lit_ppool: building the fused CPU P-pooling
-kernel ...``) when loading takes longer than a cached load would. If the build fails,
+intra-op threads (``torch.set_num_threads``) like torch's own pooling. A build announces
+itself on stderr (``lit_ppool: building the fused CPU P-pooling kernel ...``) when loading
+takes longer than a cached load would. If the build fails,
 :func:`load_extension` warns once and returns ``None`` and P-pooling runs on the reference path.
 """
 

@@ -15,8 +15,6 @@ from lit_ppool.layers.registry import POOLINGS
 
 from helpers.tiny import QUICKSTART, TINY_FIT
 
-TINY = TINY_FIT
-
 
 @pytest.fixture(autouse=True)
 def _in_tmp_path(tmp_path, monkeypatch):
@@ -29,7 +27,7 @@ def _digest(path):
 
 
 def test_quickstart_fit_test_predict_end_to_end(tmp_path):
-    cli = run_cli(["fit", *TINY])
+    cli = run_cli(["fit", *TINY_FIT])
     assert cli.model.hparams.num_classes == 5  # linked from the datamodule
     assert "val/mIoU" in cli.trainer.callback_metrics
     run0 = tmp_path / "lightning_logs" / "quickstart" / "version_0"
@@ -39,7 +37,7 @@ def test_quickstart_fit_test_predict_end_to_end(tmp_path):
     trained_alpha = cli.model.model.encoder.maxpool.alpha_raw.detach().clone()
 
     # a second fit of the same config is a new run: its own folder, the first run's files untouched
-    main(["fit", *TINY])
+    main(["fit", *TINY_FIT])
     run1 = tmp_path / "lightning_logs" / "quickstart" / "version_1"
     last1 = run1 / "checkpoints" / "last.ckpt"
     assert last1.is_file() and (run1 / "config.yaml").is_file()
@@ -53,7 +51,7 @@ def test_quickstart_fit_test_predict_end_to_end(tmp_path):
 
     # `last` is the newest run's last.ckpt; evaluation adds no log version and no W&B run
     wandb_runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
-    cli = run_cli(["test", *TINY, "--ckpt_path=last"])
+    cli = run_cli(["test", *TINY_FIT, "--ckpt_path=last"])
     assert Path(cli.config_init.test.ckpt_path).resolve() == last1
     mIoU = cli.trainer.callback_metrics["test/mIoU"].item()
     assert 0.0 <= mIoU <= 1.0
@@ -61,7 +59,7 @@ def test_quickstart_fit_test_predict_end_to_end(tmp_path):
     written = json.loads((run1 / "test-last.json").read_text())
     assert Path(written["checkpoint"]).resolve() == last1 and written["metrics"]["test/mIoU"] == pytest.approx(mIoU)
 
-    main(["predict", *TINY, f"--ckpt_path={last0}"])
+    main(["predict", *TINY_FIT, f"--ckpt_path={last0}"])
     masks = sorted((run0 / "predictions" / "last").glob("*.png"))
     assert [m.name for m in masks] == [f"synthetic_test_{i:05d}.png" for i in range(4)]
     with Image.open(masks[0]) as image:
@@ -74,7 +72,7 @@ def test_quickstart_fit_test_predict_end_to_end(tmp_path):
 
 
 def test_overrides_reach_the_model():
-    cli = run_cli(["fit", *TINY, "--model.pooling=avg", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
+    cli = run_cli(["fit", *TINY_FIT, "--model.pooling=avg", "--trainer.max_steps=1", "--trainer.limit_val_batches=0"])
     assert isinstance(cli.model.model.encoder.maxpool, POOLINGS["avg"])
     assert cli.model.hparams.pooling == "avg"
 
@@ -93,7 +91,7 @@ def test_print_config_shows_the_setup(capsys):
 )
 def test_unknown_names_fail_before_training_with_the_choices_and_no_traceback(flag, listed, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
-        main(["fit", *TINY, flag])
+        main(["fit", *TINY_FIT, flag])
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "Expected argument" in err and listed in err and "Traceback" not in err

@@ -121,7 +121,7 @@ def torch_threads():
 def test_cpu_kernel_runs_on_torchs_threads(torch_threads):
     """The kernel's parallel loops use torch's intra-op threads (a build without OpenMP ran them
     on one thread whatever torch.set_num_threads said)."""
-    for threads in (1, 2, 3):  # 3: not this machine's default team size
+    for threads in (1, 2, 3):  # 3: more than a 2-core machine's default OpenMP team
         torch_threads(threads)
         assert load_extension().worker_threads(64) == threads
 

@@ -14,7 +14,6 @@ from lit_ppool.training.data.checks import check_labels
 
 from helpers.tiny import TINY_MODEL
 
-TINY = TINY_MODEL
 
 # functions whose result the host must wait for when the tensor lives on a GPU
 _SYNCING = {
@@ -42,7 +41,7 @@ class _Recorded(PPoolSegmentationModule):
 
 
 def _fit_recording(tmp_path, **kwargs):
-    module = _Recorded(**TINY, **kwargs)
+    module = _Recorded(**TINY_MODEL, **kwargs)
     module.recorder = _RecordSyncs()
     data = SyntheticDetailDataModule(image_size=32, train_size=8, val_size=2, batch_size=4)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
@@ -71,7 +70,7 @@ def test_bad_labels_are_still_reported_with_the_samples_before_the_transfer(tmp_
 
 @pytest.mark.cuda
 def test_cuda_training_step_is_sync_free():
-    module = PPoolSegmentationModule(**TINY, check_finite_loss=False).cuda()
+    module = PPoolSegmentationModule(**TINY_MODEL, check_finite_loss=False).cuda()
     batch = {"image": torch.rand(2, 3, 32, 32, device="cuda"), "mask": torch.randint(0, 5, (2, 32, 32), device="cuda")}
     module.training_step(batch, 0)  # warm-up: kernels load, the allocator settles
     torch.cuda.synchronize()

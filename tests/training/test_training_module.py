@@ -12,8 +12,6 @@ from lit_ppool.training.module import ConfigError
 
 from helpers.tiny import TINY_MODEL
 
-TINY = TINY_MODEL
-
 
 def tiny_data(**kwargs):
     return SyntheticDetailDataModule(**{"image_size": 32, "train_size": 8, "val_size": 8, "test_size": 8, "batch_size": 4, "eval_batch_size": 4, **kwargs})
@@ -28,7 +26,7 @@ def tiny_trainer(tmp_path, **kwargs):
 
 
 def test_init_swaps_pooling_and_saves_hyperparameters():
-    module = PPoolSegmentationModule(**TINY, pooling="p", pooling_kwargs={"alpha_init": 2.0})
+    module = PPoolSegmentationModule(**TINY_MODEL, pooling="p", pooling_kwargs={"alpha_init": 2.0})
     assert isinstance(module.model.encoder.maxpool, PPool2d)
     assert module.model.encoder.maxpool.alpha.item() == 2.0
     assert module.swapped_layers == ["encoder.maxpool"]
@@ -37,14 +35,14 @@ def test_init_swaps_pooling_and_saves_hyperparameters():
 
 
 def test_max_pooling_keeps_no_alpha():
-    module = PPoolSegmentationModule(**TINY, pooling="max")
+    module = PPoolSegmentationModule(**TINY_MODEL, pooling="max")
     assert module.alpha_parameters() == []
     assert len(module.configure_optimizers().param_groups) == 1
 
 
 def test_alpha_parameter_group_has_no_weight_decay_and_scaled_lr():
     module = PPoolSegmentationModule(
-        **TINY, alpha_lr_mult=5.0, optimizer=lambda params: torch.optim.SGD(params, lr=0.02, weight_decay=1e-4)
+        **TINY_MODEL, alpha_lr_mult=5.0, optimizer=lambda params: torch.optim.SGD(params, lr=0.02, weight_decay=1e-4)
     )
     optimizer = module.configure_optimizers()
     model_group, alpha_group = optimizer.param_groups
@@ -57,7 +55,7 @@ def test_alpha_parameter_group_has_no_weight_decay_and_scaled_lr():
 
 def test_scheduler_is_returned_with_its_interval():
     module = PPoolSegmentationModule(
-        **TINY, scheduler=lambda opt: torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=10, power=0.9)
+        **TINY_MODEL, scheduler=lambda opt: torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=10, power=0.9)
     )
     config = module.configure_optimizers()
     assert config["lr_scheduler"]["interval"] == "step"
@@ -80,19 +78,19 @@ def test_scheduler_is_returned_with_its_interval():
 )
 def test_invalid_configuration_lists_choices(override, listed):
     with pytest.raises(ConfigError, match="Expected argument") as info:
-        PPoolSegmentationModule(**{**TINY, **override})
+        PPoolSegmentationModule(**{**TINY_MODEL, **override})
     assert listed in str(info.value)
 
 
 @pytest.mark.parametrize("pooling, expected", [("P", "PPool2d"), ("strided-conv", "StridedConvPool2d")])
 def test_pooling_is_validated_by_the_registry_resolver(pooling, expected):
     # the spellings swap_pooling accepts are accepted here too
-    module = PPoolSegmentationModule(**TINY, pooling=pooling)
+    module = PPoolSegmentationModule(**TINY_MODEL, pooling=pooling)
     assert module.swapped_layers == ["encoder.maxpool"] and type(module.model.encoder.maxpool).__name__ == expected
 
 
 def test_num_classes_must_match_datamodule(tmp_path):
-    module = PPoolSegmentationModule(**{**TINY, "num_classes": 7})
+    module = PPoolSegmentationModule(**{**TINY_MODEL, "num_classes": 7})
     with pytest.raises(ConfigError, match="num_classes"):
         tiny_trainer(tmp_path).fit(module, tiny_data())
 
@@ -106,7 +104,7 @@ def test_out_of_range_label_names_the_value():
 
 
 def test_fit_logs_metrics_and_checkpoint_restores_swapped_model_and_alpha(tmp_path):
-    module = PPoolSegmentationModule(**TINY, alpha_lr_mult=50.0)
+    module = PPoolSegmentationModule(**TINY_MODEL, alpha_lr_mult=50.0)
     trainer = tiny_trainer(tmp_path, max_steps=3, limit_train_batches=3, max_epochs=1)
     trainer.fit(module, tiny_data(train_size=12))
     metrics = trainer.callback_metrics
@@ -142,7 +140,7 @@ class _RecordDtypes(Callback):
 
 
 def test_bf16_mixed_on_cpu_trains_with_bf16_at_the_pooling_boundary(tmp_path):
-    module = PPoolSegmentationModule(**TINY, alpha_lr_mult=10.0)
+    module = PPoolSegmentationModule(**TINY_MODEL, alpha_lr_mult=10.0)
     record = _RecordDtypes()
     trainer = tiny_trainer(tmp_path, precision="bf16-mixed", callbacks=[record], limit_val_batches=0)
     trainer.fit(module, tiny_data())
