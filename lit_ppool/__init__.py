@@ -26,6 +26,8 @@ _TRAINING_EXPORTS = {
     "CityscapesDataModule": "lit_ppool.training.data.cityscapes",
     "ADE20KDataModule": "lit_ppool.training.data.ade20k",
     "CamVidDataModule": "lit_ppool.training.data.camvid",
+    "CrackForestDataModule": "lit_ppool.training.data.crackforest",
+    "FolderDataModule": "lit_ppool.training.data.folder",
     "AlphaMonitor": "lit_ppool.training.alpha_monitor",
     "AtomicCheckpointIO": "lit_ppool.training.checkpointing",
     "RandomStateCheckpoint": "lit_ppool.training.checkpointing",

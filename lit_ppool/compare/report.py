@@ -10,7 +10,7 @@ from typing import Sequence
 from lit_ppool.compare.results import RunResult
 from lit_ppool.compare.stats import PairedDifference, paired_difference, summarize
 
-__all__ = ["METRICS", "Comparison", "write_report"]
+__all__ = ["CLASS_METRICS", "METRICS", "Comparison", "class_key", "write_report"]
 
 METRICS = (
     ("test/mIoU", "mIoU"),
@@ -19,6 +19,21 @@ METRICS = (
     ("test/pixel_acc", "pixel acc"),
 )
 """The headline metrics: key in the run results, column title."""
+
+CLASS_METRICS = (
+    ("IoU", "IoU", "test/mIoU"),
+    ("F1", "F1", None),
+    ("boundary_IoU", "Boundary IoU", "test/boundary_IoU"),
+)
+"""The per-class metric families: family (see :func:`class_key`), title, headline metric of the last column.
+
+F1 has none: thin-structure work reports the foreground class's F1, and the module logs no macro F1.
+"""
+
+
+def class_key(family: str, name: str = "") -> str:
+    """The run results' key of ``family``'s score of class ``name`` (``test/F1/crack``); by default the prefix."""
+    return f"test/{family}/{name}"
 
 
 class Comparison:
@@ -30,8 +45,13 @@ class Comparison:
         self.results = {p: {r.seed: r for r in results if r.pooling == p} for p in self.poolings}
         self.reference = self.poolings[0] if self.poolings else None
         first = next(iter(results), None)
-        self.classes = first.class_names() if first is not None else []
+        self.classes = first.class_names(class_key("IoU")) if first is not None else []
         self.metrics = [(key, title) for key, title in METRICS if any(key in r.metrics for r in results)]
+        self.class_metrics = [
+            (family, title, headline)
+            for family, title, headline in CLASS_METRICS
+            if self.classes and any(key.startswith(class_key(family)) for r in results for key in r.metrics)
+        ]  # runs from before a family was logged have none of its keys
 
     def values(self, pooling: str, key: str) -> dict[int, float]:
         """Seed -> metric ``key`` of ``pooling`` (seeds without it left out)."""
@@ -40,6 +60,11 @@ class Comparison:
     def difference(self, pooling: str, key: str) -> PairedDifference:
         """``pooling - reference`` on ``key``, paired by seed."""
         return paired_difference(self.values(self.reference, key), self.values(pooling, key))
+
+
+def _mean(values: dict[int, float]) -> str:
+    summary = summarize(list(values.values()))
+    return "-" if summary.n == 0 else f"{summary.mean:.3f}"
 
 
 def _mean_std(values: dict[int, float]) -> str:
@@ -74,16 +99,19 @@ def _summary_tables(c: Comparison) -> list[str]:
     return lines
 
 
-def _class_tables(c: Comparison) -> list[str]:
-    if not c.classes:
-        return []
-    lines = ["", "## Per-class IoU (mean over seeds), laid out like the paper's table", ""]
-    rows = [[p, *(_mean_std(c.values(p, f"test/IoU/{name}")).split(" ±")[0] for name in c.classes),
-             _mean_std(c.values(p, "test/mIoU")).split(" ±")[0]] for p in c.poolings]  # fmt: skip
-    lines += _table(["pooling", *c.classes, "mIoU"], rows)
-    lines += ["", f"## Per-class IoU: paired difference to `{c.reference}` [95% t-interval] (where each pooling wins)", ""]
+def _class_tables(c: Comparison, family: str, title: str, headline: str | None) -> list[str]:
+    """The per-class ``family`` scores (mean over seeds, then the headline) and their paired differences."""
+    keys = [class_key(family, name) for name in c.classes]
+    columns, logged = dict(zip(keys, c.classes)), dict(c.metrics)
+    if headline in logged:  # the headline (mean over classes) last, when the runs logged it
+        columns[headline] = logged[headline]
+    lines = ["", f"## Per-class {title} (mean over seeds), laid out like the paper's table", ""]
+    lines += _table(["pooling", *columns.values()],
+                    [[p, *(_mean(c.values(p, key)) for key in columns)] for p in c.poolings])  # fmt: skip
+    lines += ["", f"## Per-class {title}: paired difference to `{c.reference}` [95% t-interval] "
+              "(where each pooling wins)", ""]  # fmt: skip
     lines += _table(["pooling", *c.classes],
-                    [[p, *(_difference(c.difference(p, f"test/IoU/{name}")) for name in c.classes)] for p in c.poolings[1:]])  # fmt: skip
+                    [[p, *(_difference(c.difference(p, key)) for key in keys)] for p in c.poolings[1:]])  # fmt: skip
     return lines
 
 
@@ -106,12 +134,16 @@ def _alpha_table(c: Comparison) -> list[str]:
 def _markdown(c: Comparison, title: str, notes: Sequence[str]) -> str:
     lines = [f"# {title}", ""]
     lines += [f"- {note}" for note in notes]
-    lines += ["", *_summary_tables(c), *_class_tables(c), *_alpha_table(c), "", "![compare.png](compare.png)", ""]
+    lines += ["", *_summary_tables(c)]
+    for family in c.class_metrics:
+        lines += _class_tables(c, *family)
+    lines += [*_alpha_table(c), "", "![compare.png](compare.png)", ""]
     return "\n".join(lines)
 
 
 def _write_csv(c: Comparison, path: Path) -> None:
-    keys = [key for key, _ in c.metrics] + [f"test/IoU/{name}" for name in c.classes]
+    keys = [key for key, _ in c.metrics]
+    keys += [class_key(family, name) for family, _, _ in c.class_metrics for name in c.classes]
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["pooling", "seeds", *(f"{k}_{s}" for k in keys for s in ("mean", "std", "diff", "diff_low", "diff_high"))])

@@ -13,7 +13,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import ClasswiseWrapper, MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from lit_ppool.layers.ppool import PPoolBase
 from lit_ppool.layers.registry import resolve_pooling
@@ -137,7 +143,16 @@ class PPoolSegmentationModule(L.LightningModule):
       (:class:`~lit_ppool.training.metrics.BoundaryIoU`);
     * ``{stage}/IoU/<class name>`` and ``{stage}/boundary_IoU/<class name>``: per-class IoU and
       Boundary IoU at epoch end (names from the datamodule's ``class_names``);
+    * ``{stage}/F1/<class name>``, ``{stage}/precision/<class name>`` and ``{stage}/recall/<class name>``:
+      per-class pixel F1 (Dice), precision and recall, the scores of thin-structure work (cracks,
+      vessels), which report the foreground class's F1; there is no macro F1, as it would mix
+      background and foreground;
     * ``{stage}/loss`` and ``train/loss``.
+
+    A class absent from both the targets and the predictions (0/0) gets IoU, F1, precision and
+    recall 0 (torchmetrics' ``zero_division``, which accepts only 0 or 1), but Boundary IoU nan;
+    likewise precision is 0 for a class never predicted and recall 0 for a class without target
+    pixels. The macro scores (``mIoU``, ``boundary_IoU``) leave absent classes out.
 
     Args:
         arch: smp architecture name, e.g. ``"Unet"``, ``"FPN"``, ``"DeepLabV3Plus"`` (case-insensitive).
@@ -267,6 +282,16 @@ class PPoolSegmentationModule(L.LightningModule):
         """The metrics of one stage; the per-class ones are ``ClasswiseWrapper`` s labelled by :attr:`class_names`."""
         num_classes, ignore_index = self.hparams.num_classes, self.hparams.ignore_index
         labels = list(self.class_names)
+        per_class = dict(num_classes=num_classes, average="none", ignore_index=ignore_index, validate_args=False)
+        classwise = {
+            "IoU": MulticlassJaccardIndex(**per_class),
+            # the macro boundary_IoU is the mean of these (see _log_metrics): the bands are computed once
+            "boundary_IoU": BoundaryIoU(**per_class),
+            # zero_division=0: torchmetrics accepts only 0 or 1, so an absent class scores 0 (see the class docstring)
+            "F1": MulticlassF1Score(**per_class, zero_division=0),
+            "precision": MulticlassPrecision(**per_class, zero_division=0),
+            "recall": MulticlassRecall(**per_class, zero_division=0),
+        }
         return MetricCollection(
             {
                 "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index, validate_args=False),
@@ -274,17 +299,7 @@ class PPoolSegmentationModule(L.LightningModule):
                 "trimap_mIoU": TrimapJaccardIndex(
                     num_classes, self.hparams.boundary_width, ignore_index, validate_args=False
                 ),
-                "IoU": ClasswiseWrapper(
-                    MulticlassJaccardIndex(num_classes, average="none", ignore_index=ignore_index, validate_args=False),
-                    labels,
-                    prefix="IoU/",
-                ),
-                # the macro boundary_IoU is the mean of these (see _log_metrics): the bands are computed once
-                "boundary_IoU": ClasswiseWrapper(
-                    BoundaryIoU(num_classes, ignore_index=ignore_index, average="none", validate_args=False),
-                    labels,
-                    prefix="boundary_IoU/",
-                ),
+                **{name: ClasswiseWrapper(metric, labels, prefix=f"{name}/") for name, metric in classwise.items()},
             },
             prefix=prefix,
             compute_groups=False,  # the trimap mIoU has the state of the mIoU but not its update
@@ -342,8 +357,9 @@ class PPoolSegmentationModule(L.LightningModule):
         if names is not None and len(names) == self.hparams.num_classes:
             self.class_names = tuple(str(name) for name in names)
             for metrics in (self.val_metrics, self.test_metrics):
-                for key in ("IoU", "boundary_IoU"):
-                    metrics[key].labels = list(self.class_names)  # ClasswiseWrapper's public labels
+                for metric in metrics.values():
+                    if isinstance(metric, ClasswiseWrapper):
+                        metric.labels = list(self.class_names)  # ClasswiseWrapper's public labels
 
     def alpha_parameters(self) -> list[nn.Parameter]:
         """The learnable ``alpha_raw`` parameters of the model's P-pooling layers (:class:`~lit_ppool.layers.ppool.PPoolBase`)."""

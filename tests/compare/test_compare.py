@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_ppool.compare import Comparison, load_results, paired_difference, summarize, write_report
+from lit_ppool.compare import Comparison, RunResult, load_results, paired_difference, summarize, write_report
 from lit_ppool.compare.runner import main as compare_main
 from lit_ppool.compare.stats import student_t_quantile
 
@@ -59,7 +59,9 @@ def _result(folder: Path, pooling: str, seed: int, miou: float, thin: float, alp
     run = folder / pooling / f"seed_{seed}"
     run.mkdir(parents=True)
     metrics = {"test/mIoU": miou, "test/boundary_IoU": miou - 0.2, "test/trimap_mIoU": miou - 0.1, "test/pixel_acc": 0.9,
-               "test/IoU/background": 0.95, "test/IoU/thin": thin}  # fmt: skip
+               "test/IoU/background": 0.95, "test/IoU/thin": thin, "test/F1/background": 0.97,
+               "test/F1/thin": thin + 0.1, "test/boundary_IoU/background": 0.8,
+               "test/boundary_IoU/thin": thin - 0.2}  # fmt: skip
     record = {"checkpoint": str(run / "checkpoints/last.ckpt"), "pooling": pooling, "seed": seed, "metrics": metrics,
               "alpha": alpha or {}}  # fmt: skip
     (run / "test-last.json").write_text(json.dumps(record))
@@ -79,11 +81,32 @@ def test_aggregation_tables_on_hand_made_results(tmp_path):
     assert "+0.040 [-0.026, +0.106]" in markdown  # the p - max mIoU interval of the test above
     assert "+0.097 [+0.082, +0.111] *" in markdown  # thin class (diffs 0.10, 0.10, 0.09): p wins on every seed
     assert "| p | encoder_maxpool | 1.000 | 2.500 | 1.500 – 3.500 |" in markdown
+    section = lambda title: markdown.split(f"## {title}")[1].split("## ")[0]  # noqa: E731
+    iou = section("Per-class IoU (mean over seeds)")  # thin IoU of max: 0.30, 0.35, 0.32
+    assert "| pooling | background | thin | mIoU |" in iou and "| max | 0.950 | 0.323 | 0.650 |" in iou
+    f1 = section("Per-class F1 (mean over seeds)")  # no macro column: the module logs no macro F1
+    assert "| pooling | background | thin |\n" in f1
+    assert "| max | 0.970 | 0.423 |" in f1 and "| p | 0.970 | 0.520 |" in f1
+    f1_difference = section("Per-class F1: paired difference to `max`")
+    assert "| avg | +0.000 (n too small) | -0.200 (n too small) |" in f1_difference
+    assert "+0.097 [+0.082, +0.111] *" in f1_difference  # the thin class, as for the IoU
+    boundary = section("Per-class Boundary IoU (mean over seeds)")
+    assert "| pooling | background | thin | Boundary IoU |" in boundary and "| max | 0.800 | 0.123 | 0.450 |" in boundary
+    assert "+0.097 [+0.082, +0.111] *" in section("Per-class Boundary IoU: paired difference to `max`")
     rows = paths["compare.csv"].read_text().splitlines()
     assert rows[0].startswith("pooling,seeds,test/mIoU_mean,test/mIoU_std,test/mIoU_diff")
+    for key in ("test/IoU/thin", "test/F1/background", "test/F1/thin", "test/boundary_IoU/thin"):
+        assert f",{key}_mean,{key}_std,{key}_diff,{key}_diff_low,{key}_diff_high" in rows[0], key
     assert [row.split(",")[0] for row in rows[1:]] == ["max", "avg", "p"]
     assert len(paths["runs.csv"].read_text().splitlines()) == 1 + 7
     assert paths["compare.png"].stat().st_size > 10_000
+
+
+def test_per_class_tables_only_for_the_logged_families():
+    old = RunResult("max", 0, {"test/mIoU": 0.5, "test/IoU/background": 0.9, "test/IoU/thin": 0.1})  # before F1
+    assert [family for family, _, _ in Comparison([old]).class_metrics] == ["IoU"]
+    new = RunResult("p", 0, {**old.metrics, "test/F1/background": 0.9, "test/F1/thin": 0.2})
+    assert [family for family, _, _ in Comparison([old, new]).class_metrics] == ["IoU", "F1"]
 
 
 def test_a_broken_result_file_is_named(tmp_path):
@@ -182,3 +205,5 @@ def test_print_commands_run_as_printed(tmp_path, monkeypatch, capsys):
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((tmp_path / "cmp" / "p" / "seed_0" / "test-last.json").read_text())
     assert record["pooling"] == "p" and record["seed"] == 0 and "test/mIoU" in record["metrics"]
+    for family in ("IoU", "boundary_IoU", "F1", "precision", "recall"):
+        assert f"test/{family}/thin_line" in record["metrics"], family

@@ -1,4 +1,4 @@
-"""DDP on CPU (gloo, ddp_spawn, 2 processes): alpha stays in sync and mIoU equals the 1-process value."""
+"""DDP on CPU (gloo, ddp_spawn, 2 processes): alpha stays in sync and mIoU and F1 equal the 1-process values."""
 
 import lightning as L
 import pytest
@@ -57,5 +57,6 @@ def test_ddp_spawn_two_processes_sync_alpha_and_match_single_process_miou(tmp_pa
     (ddp,) = L.Trainer(strategy="ddp_spawn", devices=2, **trainer_kwargs(tmp_path)).validate(trained, tiny_data(), verbose=False)
     (single,) = L.Trainer(devices=1, **trainer_kwargs(tmp_path)).validate(trained, tiny_data(), verbose=False)
     assert 0.0 < single["val/mIoU"] < 1.0
-    for key in ("val/mIoU", "val/pixel_acc", "val/trimap_mIoU", "val/IoU/stripes"):
+    for key in ("val/mIoU", "val/pixel_acc", "val/trimap_mIoU", "val/IoU/stripes", "val/F1/stripes", "val/F1/thin_line",
+                "val/precision/stripes", "val/recall/stripes"):  # fmt: skip
         assert ddp[key] == pytest.approx(single[key], abs=1e-6), key

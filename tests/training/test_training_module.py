@@ -108,9 +108,14 @@ def test_fit_logs_metrics_and_checkpoint_restores_swapped_model_and_alpha(tmp_pa
     trainer = tiny_trainer(tmp_path, max_steps=3, limit_train_batches=3, max_epochs=1)
     trainer.fit(module, tiny_data(train_size=12))
     metrics = trainer.callback_metrics
-    for key in ("train/loss", "val/mIoU", "val/pixel_acc", "val/trimap_mIoU", "val/IoU/thin_line", "val/IoU/background"):
+    for key in ("train/loss", "val/mIoU", "val/pixel_acc", "val/trimap_mIoU", "val/IoU/thin_line", "val/IoU/background",
+                "val/F1/thin_line", "val/precision/thin_line", "val/recall/background"):  # fmt: skip
         assert key in metrics, key
     assert 0.0 <= metrics["val/mIoU"].item() <= 1.0
+    (tested,) = trainer.test(module, tiny_data(test_size=4), verbose=False)
+    for key in ("test/mIoU", "test/F1/thin_line", "test/F1/background", "test/precision/dots", "test/recall/stripes"):
+        assert key in tested, key
+    assert "test/F1" not in tested  # per-class only
     alpha = module.model.encoder.maxpool.alpha_raw.detach().clone()
     assert alpha.item() != 1.0  # it was trained
 

@@ -4,6 +4,8 @@ from lit_ppool.training.data.ade20k import ADE20KDataModule
 from lit_ppool.training.data.base import SegmentationDataModule, SegmentationFileDataset
 from lit_ppool.training.data.camvid import CamVidDataModule
 from lit_ppool.training.data.cityscapes import CityscapesDataModule
+from lit_ppool.training.data.crackforest import CrackForestDataModule
+from lit_ppool.training.data.folder import FolderDataModule
 from lit_ppool.training.data.synthetic import (
     SyntheticDetailDataModule,
     SyntheticDetailDataset,
@@ -16,6 +18,8 @@ __all__ = [
     "ADE20KDataModule",
     "CamVidDataModule",
     "CityscapesDataModule",
+    "CrackForestDataModule",
+    "FolderDataModule",
     "VOCDataModule",
     "SegmentationDataModule",
     "SegmentationFileDataset",

@@ -142,35 +142,61 @@ class SegmentationFileDataset(Dataset):
         image = self._open(image_path, "RGB", f"image {str(image_path)!r}")
         sample: dict[str, Any] = {"image": tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1)), "name": name}
         if mask_path is not None:
-            raw = np.array(self._open(mask_path, None, f"label image {str(mask_path)!r} of image {str(image_path)!r}"))
-            if raw.ndim != 2:
+            labels = self.labels(mask_path, image_path, tuple(sample["image"].shape[-2:]))
+            sample["mask"] = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(labels)))
+        return self.transforms(sample) if self.transforms is not None else sample
+
+    def check(self, index: int) -> None:
+        """Decode sample ``index`` and check it as loading would, without the transforms.
+
+        Raises:
+            BadSampleError: As :meth:`__getitem__` with ``on_bad_sample="raise"``.
+        """
+        image_path, mask_path, _ = self.samples[index]
+        image = self._open(image_path, None, f"image {str(image_path)!r}")  # decodes every pixel: truncated files fail here
+        if mask_path is not None:
+            self.labels(mask_path, image_path, (image.height, image.width))
+
+    def read_mask(self, path: Path, image_path: Path) -> np.ndarray:
+        """The raw label values of the mask file ``path`` (of ``image_path``); subclasses read other formats.
+
+        Raises:
+            BadSampleError: If the file cannot be read or holds no single-channel label map.
+        """
+        raw = np.array(self._open(path, None, f"label image {str(path)!r} of image {str(image_path)!r}"))
+        if raw.ndim != 2:
+            raise BadSampleError(f"Expected a single-channel label image, but got shape {raw.shape} in {str(path)!r}.", path)
+        return raw
+
+    def labels(self, mask_path: Path, image_path: Path, size: tuple[int, int]) -> np.ndarray:
+        """The train ids of ``mask_path``: read, size-checked against the image's ``size`` (H, W), mapped and range-checked.
+
+        Raises:
+            BadSampleError: Naming the file and the problem.
+        """
+        raw = self.read_mask(mask_path, image_path)
+        if raw.shape != size:
+            raise BadSampleError(
+                f"Expected the label image {str(mask_path)!r} to have the size (H, W) of its image "
+                f"{str(image_path)!r}, {size}, but got {raw.shape}.",
+                mask_path,
+            )
+        labels = raw
+        if self.label_lut is not None:
+            labels, invalid = invalid_raw_labels(raw, self.label_lut)
+            if invalid:
                 raise BadSampleError(
-                    f"Expected a single-channel label image, but got shape {raw.shape} in {str(mask_path)!r}.", mask_path
-                )
-            if raw.shape != tuple(sample["image"].shape[-2:]):
-                raise BadSampleError(
-                    f"Expected the label image {str(mask_path)!r} to have the size (H, W) of its image "
-                    f"{str(image_path)!r}, {tuple(sample['image'].shape[-2:])}, but got {raw.shape}.",
+                    f"Expected the raw label values of {str(mask_path)!r} to be in {{{format_values(np.flatnonzero(self.label_lut >= 0))}}} "
+                    f"(mapped to {self.num_classes} classes and the ignore_index {self.ignore_index}), but got "
+                    f"{invalid[:10]}{' ...' if len(invalid) > 10 else ''}.",
                     mask_path,
                 )
-            labels = raw
-            if self.label_lut is not None:
-                labels, invalid = invalid_raw_labels(raw, self.label_lut)
-                if invalid:
-                    raise BadSampleError(
-                        f"Expected the raw label values of {str(mask_path)!r} to be in {{{format_values(np.flatnonzero(self.label_lut >= 0))}}} "
-                        f"(mapped to {self.num_classes} classes and the ignore_index {self.ignore_index}), but got "
-                        f"{invalid[:10]}{' ...' if len(invalid) > 10 else ''}.",
-                        mask_path,
-                    )
-                labels = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels
-            mask = torch.from_numpy(np.ascontiguousarray(labels))
-            try:
-                check_labels(mask, self.num_classes, self.ignore_index, source=repr(str(mask_path)))
-            except ValueError as err:
-                raise BadSampleError(str(err), mask_path) from None
-            sample["mask"] = tv_tensors.Mask(mask)
-        return self.transforms(sample) if self.transforms is not None else sample
+            labels = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels
+        try:
+            check_labels(torch.from_numpy(np.ascontiguousarray(labels)), self.num_classes, self.ignore_index, source=repr(str(mask_path)))
+        except ValueError as err:
+            raise BadSampleError(str(err), mask_path) from None
+        return labels
 
 
 def check_batch_labels(batch: Any, num_classes: int, ignore_index: int | None) -> None:
@@ -203,6 +229,10 @@ class SegmentationDataModule(L.LightningDataModule):
             problem; ``"skip"`` leaves it out, and at the end of each stage a
             :class:`~lit_ppool.training.data.checks.BadSampleWarning` lists the files
             (``bad_samples`` holds them). See :mod:`lit_ppool.training.data.checks`.
+        resize: Resize every image and mask of every split to this ``(h, w)`` (or square size)
+            before anything else (images antialiased, masks nearest-neighbour): training,
+            validation and test then run at that resolution, and the metrics are measured there.
+            ``None`` keeps each image's own size.
 
     Raises:
         ConfigError: (a ``ValueError``) if an argument is invalid; ``lit-ppool`` reports it in one line.
@@ -225,6 +255,7 @@ class SegmentationDataModule(L.LightningDataModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         on_bad_sample: Literal["raise", "skip"] = "raise",
+        resize: int | tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
         self.on_bad_sample = check_policy(on_bad_sample)
@@ -239,8 +270,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.train_transform = train_transforms(crop_size, base_size, scale_range, hflip, self.ignore_index, mean, std)
-        self.eval_transform = eval_transforms(mean, std)
+        self.train_transform = train_transforms(crop_size, base_size, scale_range, hflip, self.ignore_index, mean, std, resize)
+        self.eval_transform = eval_transforms(mean, std, resize)
         self.datasets: dict[str, Dataset] = {}
 
     def build_dataset(self, split: str, transforms: Callable) -> Dataset:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any, Callable
 
 import torch
@@ -162,8 +163,14 @@ class SyntheticDetailDataModule(SegmentationDataModule):
         eval_batch_size: Validation/test/predict batch size.
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory.
-        seed: Base seed of the generator.
+        seed: Base seed of the generator; ``None`` takes the run's seed (``seed_everything``, read
+            from the ``PL_GLOBAL_SEED`` variable that Lightning's ``seed_everything`` sets) when the
+            datasets are built, so that every seed of a comparison draws its own data.
         hflip: Random horizontal flips in training.
+
+    Raises:
+        ConfigError: (a ``ValueError``) if a size is not an int >= 1, or ``seed`` is ``None`` and
+            no run seed is set when the datasets are built.
     """
 
     num_classes = len(SYNTHETIC_CLASSES)
@@ -179,7 +186,7 @@ class SyntheticDetailDataModule(SegmentationDataModule):
         eval_batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
-        seed: int = 0,
+        seed: int | None = 0,
         hflip: bool = True,
     ) -> None:
         super().__init__(
@@ -199,10 +206,25 @@ class SyntheticDetailDataModule(SegmentationDataModule):
                 raise ConfigError(f"Expected argument `{arg}` to be an int >= 1, but got {value!r}.")
         self.image_size = image_size
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError(f"Expected argument `seed` to be an int or None (the run's seed), but got {seed!r}.")
         self.seed = seed
 
+    @property
+    def data_seed(self) -> int:
+        """The seed the data are drawn with: ``seed``, or the run's seed if ``seed`` is ``None``."""
+        if self.seed is not None:
+            return self.seed
+        run_seed = os.environ.get("PL_GLOBAL_SEED")
+        if run_seed is None:
+            raise ConfigError(
+                "Expected a run seed for argument `seed=None` (the data seed follows the run's seed), but none is set. "
+                "Set `seed_everything` in the config (or call lightning.seed_everything), or pass an int `seed`."
+            )
+        return int(run_seed)
+
     def build_dataset(self, split: str, transforms: Callable) -> Dataset:
-        return SyntheticDetailDataset(self.sizes[split], self.image_size, split, self.seed, transforms)
+        return SyntheticDetailDataset(self.sizes[split], self.image_size, split, self.data_seed, transforms)
 
 
 class SyntheticTexturesDataset(SyntheticDetailDataset):
@@ -276,4 +298,4 @@ class SyntheticTexturesDataModule(SyntheticDetailDataModule):
     class_names = TEXTURE_CLASSES
 
     def build_dataset(self, split: str, transforms: Callable) -> Dataset:
-        return SyntheticTexturesDataset(self.sizes[split], self.image_size, split, self.seed, transforms)
+        return SyntheticTexturesDataset(self.sizes[split], self.image_size, split, self.data_seed, transforms)

@@ -25,6 +25,16 @@ def _to_tensors(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transfor
     ]
 
 
+def _resize(resize: int | tuple[int, int] | None) -> list[v2.Transform]:
+    """The fixed resize of every split: images antialiased, masks nearest-neighbour (``v2`` does so for a ``Mask``)."""
+    if resize is None:
+        return []
+    size = [resize, resize] if isinstance(resize, int) else list(resize)
+    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+        raise ConfigError(f"Expected argument `resize` to be an int or (height, width) of ints >= 1, or None, but got {resize!r}.")
+    return [v2.Resize(size, antialias=True)]
+
+
 def train_transforms(
     crop_size: int | tuple[int, int],
     base_size: int | tuple[int, int] | None = None,
@@ -33,13 +43,15 @@ def train_transforms(
     ignore_index: int = IGNORE_INDEX,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    resize: int | tuple[int, int] | None = None,
 ) -> v2.Compose:
     """Training augmentation applied jointly to ``{"image": Image, "mask": Mask}`` samples.
 
-    Random scale (the image is resized to fit ``base_size`` times a factor drawn from
-    ``scale_range``, masks with nearest-neighbour), random crop of ``crop_size`` (padding
-    the image with 0 and the mask with ``ignore_index`` where it is smaller), random
-    horizontal flip, then conversion to float32 image / int64 mask and normalisation.
+    An optional fixed resize (``resize``, as in evaluation), random scale (the image is
+    resized to fit ``base_size`` times a factor drawn from ``scale_range``, masks with
+    nearest-neighbour), random crop of ``crop_size`` (padding the image with 0 and the mask
+    with ``ignore_index`` where it is smaller), random horizontal flip, then conversion to
+    float32 image / int64 mask and normalisation.
 
     Args:
         crop_size: Training crop, int or ``(h, w)``; a multiple of 32 for smp models.
@@ -49,16 +61,18 @@ def train_transforms(
         ignore_index: Mask value for padded pixels.
         mean: Normalisation mean (RGB, of images in [0, 1]).
         std: Normalisation standard deviation.
+        resize: Resize every image to this ``(h, w)`` (or square size) first; ``None`` keeps its size.
 
     Raises:
-        ConfigError: (a ``ValueError``) if ``scale_range`` is not an increasing pair of positive numbers.
+        ConfigError: (a ``ValueError``) if ``scale_range`` is not an increasing pair of positive numbers
+            or ``resize`` is not a size.
     """
     low, high = scale_range
     if not 0 < low <= high:
         raise ConfigError(f"Expected argument `scale_range` to be (low, high) with 0 < low <= high, but got {scale_range}.")
     crop = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
     base = crop if base_size is None else ((base_size, base_size) if isinstance(base_size, int) else tuple(base_size))
-    steps: list[v2.Transform] = []
+    steps: list[v2.Transform] = _resize(resize)
     if (low, high) != (1.0, 1.0):
         steps.append(v2.ScaleJitter(target_size=base, scale_range=(low, high), antialias=True))
     steps.append(v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: ignore_index}))
@@ -67,9 +81,11 @@ def train_transforms(
     return v2.Compose(steps + _to_tensors(mean, std))
 
 
-def eval_transforms(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """Evaluation transform: full resolution, float32 image / int64 mask, normalised."""
-    return v2.Compose(_to_tensors(mean, std))
+def eval_transforms(
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD, resize: int | tuple[int, int] | None = None
+) -> v2.Compose:
+    """Evaluation transform: full resolution (or the fixed ``resize``), float32 image / int64 mask, normalised."""
+    return v2.Compose(_resize(resize) + _to_tensors(mean, std))
 
 
 def pad_collate(batch: list[dict[str, Any]], ignore_index: int = IGNORE_INDEX, size_divisor: int = 32) -> dict[str, Any]:
