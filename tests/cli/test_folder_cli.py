@@ -25,8 +25,8 @@ init_args:
   root: my_cracks                 # images/ and masks/ with the same file stems
   classes: [background, crack]
   binary: true                    # masks of 0 (background) and 255 (crack)
-  resize: null                    # keep each image's size
   crop_size: [32, 32]
+  base_size: [40, 48]
 """
 
 

@@ -117,7 +117,7 @@ def seeded_split(stems: Sequence[str], fractions: Sequence[float], seed: int) ->
 
     Example:
         >>> seeded_split([f"{i:03d}" for i in range(10)], (0.6, 0.2, 0.2), 0)["test"]
-        ['000', '002']
+        ['005', '007']
     """
     order = sorted(stems, key=lambda stem: hashlib.sha256(f"{seed}:{stem}".encode()).hexdigest())
     n_val, n_test = round(len(order) * fractions[1]), round(len(order) * fractions[2])
