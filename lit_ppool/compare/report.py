@@ -23,11 +23,14 @@ METRICS = (
 CLASS_METRICS = (
     ("IoU", "IoU", "test/mIoU"),
     ("F1", "F1", None),
+    ("precision", "precision", None),
+    ("recall", "recall", None),
     ("boundary_IoU", "Boundary IoU", "test/boundary_IoU"),
 )
 """The per-class metric families: family (see :func:`class_key`), title, headline metric of the last column.
 
-F1 has none: thin-structure work reports the foreground class's F1, and the module logs no macro F1.
+F1, precision and recall have none: thin-structure work reports the foreground class's scores, and the
+module logs no macro F1.
 """
 
 

@@ -117,14 +117,18 @@ def _seeds(text: str, parser: argparse.ArgumentParser) -> list[int]:
 
 
 def _check_config(configs: Sequence[str], overrides: Sequence[str], poolings: Sequence[str]) -> None:
-    """Build each pooling's model, data and trainer as ``fit`` would (no training): bad configs fail here."""
+    """Build each pooling's model, data and trainer as ``fit`` would (no training), and the fit and test
+    datasets (a run tests after it trains): bad configs and missing splits fail here."""
     from lit_ppool.cli import run_cli
 
-    for pooling in poolings:
+    for index, pooling in enumerate(poolings):
         args = [a for c in configs for a in ("--config", c)] + [*overrides, f"--model.pooling={pooling}", "--model.pooling_kwargs=null"]
         with warnings.catch_warnings():  # LightningCLI warns that sys.argv (compare's own) is not what it parses
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            run_cli(args, run=False)
+            cli = run_cli(args, run=False)
+        if index == 0 and cli.datamodule is not None:  # the data do not depend on the pooling
+            for stage in ("fit", "test"):
+                cli.datamodule.setup(stage)
 
 
 def _run_logged(args: Sequence[str], log: Path) -> tuple[int, float]:
@@ -183,7 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             fit, test = run.commands(options.config, overrides)
             print(f"{shlex.join(['lit-ppool', *fit])} && {shlex.join(['lit-ppool', *test])}")
         return 0
-    _check_config(options.config, overrides, poolings)
+    from lit_ppool.training.errors import ConfigError  # imports Lightning: not for --help or --print-commands
+
+    try:
+        _check_config(options.config, overrides, poolings)
+    except ConfigError as err:  # the datasets' errors (run_cli reports the others itself)
+        parser.error(str(err))
     failures = _run_all(runs, options.config, overrides, experiment, output)
     results = [r for r in load_results(output) if r.pooling in poolings and r.seed in seeds]
     notes = [f"config: {', '.join(options.config)}{' ' + shlex.join(overrides) if overrides else ''}",

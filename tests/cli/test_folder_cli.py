@@ -83,11 +83,31 @@ def test_a_bad_folder_is_one_error_line_before_any_model_is_built(tmp_path):
     assert not (tmp_path / "lightning_logs").exists()
 
 
-@pytest.mark.parametrize("pooling", ["p"])
-def test_the_crackforest_config_runs_on_a_tiny_clone(tmp_path, pooling):
+def test_the_crackforest_config_runs_on_a_tiny_clone(tmp_path):
     root = crackforest_clone(tmp_path / "CrackForest", size=(32, 48))
-    args = ["--config", str(CONFIGS / "crackforest.yaml"), f"--data.init_args.root={root}", f"--model.pooling={pooling}"]
+    args = ["--config", str(CONFIGS / "crackforest.yaml"), f"--data.init_args.root={root}"]
     fit = lit_ppool("fit", *args, *TINY_STEPS, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-3000:]
     metrics = (tmp_path / "lightning_logs" / "crackforest" / "version_0" / "metrics.csv").read_text()
     assert "val/IoU/crack" in metrics and "val/F1/crack" in metrics and "alpha/" in metrics
+
+
+def test_compare_finds_a_missing_test_split_before_any_run(tmp_path, monkeypatch, capsys):
+    from lit_ppool.compare.runner import main as compare_main
+
+    write_user_folder(tmp_path / "my_cracks")
+    (tmp_path / "my_data.yaml").write_text(USER_DATA + "  split: [0.8, 0.2, 0.0]\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        compare_main(["--config", str(CONFIGS / "crackforest.yaml"), "--data", "my_data.yaml", "--seeds", "1", "--output", "cmp"])
+    assert info.value.code == 2 and "Expected a test split" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_crackforest_takes_no_folder_argument_it_would_ignore(capsys):
+    from lit_ppool.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "crackforest.yaml"), "--print_config"])
+    data = capsys.readouterr().out.split("\ndata:", 1)[1]
+    assert "check_files" in data and not any(key in data for key in ("split_seed", "binary", "palette", "value_map"))

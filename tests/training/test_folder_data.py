@@ -65,8 +65,26 @@ def test_seeded_split_depends_only_on_stems_and_seed():
     split = seeded_split(stems, (0.7, 0.1, 0.2), 0)
     assert split == seeded_split(list(reversed(stems)), (0.7, 0.1, 0.2), 0)
     assert [len(split[s]) for s in ("train", "val", "test")] == [35, 5, 10]
-    grown = seeded_split(stems + ["new"], (0.7, 0.1, 0.2), 0)  # one more file moves at most one other
-    assert len(set(grown["test"]) ^ set(split["test"])) <= 2
+    assert seeded_split(stems, (0.7, 0.1, 0.2), 1) != split
+
+
+def test_the_split_is_fingerprinted_in_the_hyperparameters(tmp_path):
+    flat_folder(tmp_path, 10)
+    datamodule = FolderDataModule(str(tmp_path), classes=["a", "b", "c"], split=(0.6, 0.2, 0.2), **LOADER)
+    fingerprint = datamodule.hparams["split_fingerprint"]
+    assert fingerprint["train"].startswith("6 samples, sha256 ") and fingerprint["val"].startswith("2 samples")
+    (tmp_path / "masks" / "img00.png").rename(tmp_path / "masks" / "img10.png")
+    (tmp_path / "images" / "img00.jpg").rename(tmp_path / "images" / "img10.jpg")
+    other = FolderDataModule(str(tmp_path), classes=["a", "b", "c"], split=(0.6, 0.2, 0.2), **LOADER)
+    assert other.hparams["split_fingerprint"] != fingerprint  # same sizes, other files: told apart
+
+
+def test_split_arguments_with_split_folders_are_an_error(tmp_path):
+    for split in ("train", "val"):
+        write_image(tmp_path / split / "images" / "a.png")
+        write_mask(tmp_path / split / "masks" / "a.png")
+    message = _error(tmp_path, {"split": (0.5, 0.5, 0)})
+    assert "only for a single pool" in message and "which are the split" in message
 
 
 def test_split_folders_each_holding_images_and_masks(tmp_path):
@@ -137,7 +155,7 @@ def test_rgb_masks_with_a_palette_as_a_list_or_a_table(tmp_path):
     assert eval_batch(datamodule)["mask"][0, :4, 0].tolist() == [0, 1, 2, 255]
     with pytest.raises(DatasetLayoutError, match=r"colour.*\(255, 255, 255\)"):  # white is in no class of a list palette
         FolderDataModule(str(tmp_path), classes=["a", "b", "c"], palette=[list(c) for c in colours], split=(0, 0, 1), **LOADER)
-    with pytest.raises(DatasetLayoutError, match="pass `palette`"):  # an RGB mask read as class indices
+    with pytest.raises(DatasetLayoutError, match="colour -> class table"):  # an RGB mask read as class indices
         FolderDataModule(str(tmp_path), classes=["a", "b", "c"], split=(0, 0, 1), **LOADER)
 
 
@@ -146,6 +164,21 @@ def test_binary_masks(tmp_path):
     datamodule = FolderDataModule(str(tmp_path), binary=True, split=(0, 0, 1), **LOADER)
     assert datamodule.class_names == ("background", "foreground") and datamodule.num_classes == 2
     assert eval_batch(datamodule)["mask"][0, :2, 0].tolist() == [0, 1]
+    write_mask(tmp_path / "masks" / "img01.png", values=(0, 1, 255))  # 255 may be void here: ambiguous
+    with pytest.raises(DatasetLayoutError, match="holds 0, 1 and 255"):
+        FolderDataModule(str(tmp_path), binary=True, split=(0, 0, 1), **LOADER)
+
+
+def test_one_bit_and_grey_rgb_masks_are_class_indices(tmp_path):
+    flat_folder(tmp_path, 2)
+    rows = (np.arange(SIZE[0]) % 2).astype(bool)
+    Image.fromarray(np.repeat(rows[:, None], SIZE[1], axis=1)).save(tmp_path / "masks" / "img00.png")  # mode "1"
+    grey = np.repeat(np.repeat((np.arange(SIZE[0]) % 3).astype(np.uint8)[:, None], SIZE[1], axis=1)[..., None], 3, axis=2)
+    Image.fromarray(grey).save(tmp_path / "masks" / "img01.png")  # RGB, every channel equal
+    datamodule = FolderDataModule(str(tmp_path), classes=["a", "b", "c"], split=(0, 0, 1), **LOADER)
+    datamodule.setup("test")
+    masks = {item["name"]: item["mask"][:3, 0].tolist() for item in datamodule.datasets["test"]}
+    assert masks == {"img00": [0, 1, 0], "img01": [0, 1, 2]}
 
 
 def test_resize_sets_the_resolution_of_every_split(tmp_path):
@@ -220,8 +253,19 @@ def test_an_empty_split_and_an_empty_folder(tmp_path):
     assert "but train, val, test are empty" in _error(empty)
 
 
+def test_split_list_lines_are_whole_stems(tmp_path):
+    for name in ("IMG 001", "IMG 002", "IMG 003"):
+        write_image(tmp_path / "images" / f"{name}.png")
+        write_mask(tmp_path / "masks" / f"{name}.png")
+    (tmp_path / "val.txt").write_text("  IMG 002  \n  # IMG 003\n")
+    datamodule = FolderDataModule(str(tmp_path), classes=["a", "b", "c"], splits={"train": ["IMG 001"], "val": "val.txt"}, **LOADER)
+    assert all_stems(datamodule) == {"train": ["IMG 001"], "val": ["IMG 002"]}
+
+
 def test_bad_split_lists(tmp_path):
     flat_folder(tmp_path, 4)
+    twice = _error(tmp_path, {"splits": {"train": ["img00", "img01", "img00"], "val": ["img02"]}})
+    assert "listed twice" in twice and "'img00'" in twice
     leak = _error(tmp_path, {"splits": {"train": ["img00", "img01"], "val": ["img01"], "test": ["img02"]}})
     assert "also in the train split" in leak and "'img01'" in leak
     unknown = _error(tmp_path, {"splits": {"train": ["img00", "nope"], "val": ["img01"], "test": ["img02"]}})
@@ -250,6 +294,7 @@ def test_a_root_in_no_known_layout_lists_the_layouts_and_what_it_holds(tmp_path)
         ({"value_map": {2: 1}, "binary": True, "classes": ["a", "b"]}, "at most one"),
         ({"palette": [[0, 0, 0]]}, "`palette`"),
         ({"split": (0.5, 0.5, 0.5)}, "`split`"),
+        ({"ignore_index": -1}, "[3, 255]"),
         ({"mask_pattern": "mask.png"}, "`mask_pattern`"),
     ],
 )
@@ -304,6 +349,11 @@ def test_crackforest_reads_the_public_layout_with_its_fixed_split(tmp_path):
     batch = eval_batch(datamodule)
     expected = torch.from_numpy((crack_segments(seed=int(batch["name"][0])) == 1).astype(np.int64))  # segment 2: background
     assert torch.equal(batch["mask"][0, :16, :24], expected)
+
+
+def test_crackforest_split_is_the_seeded_split_of_its_stems():
+    stems = [f"{i:03d}" for i in range(1, 119)]
+    assert seeded_split(stems, (72 / 118, 14 / 118, 32 / 118), 0) == {s: list(v) for s, v in CRACKFOREST_SPLIT.items()}
 
 
 def test_crackforest_without_a_root_names_the_repository(tmp_path):

@@ -153,7 +153,7 @@ class SegmentationFileDataset(Dataset):
             BadSampleError: As :meth:`__getitem__` with ``on_bad_sample="raise"``.
         """
         image_path, mask_path, _ = self.samples[index]
-        image = self._open(image_path, None, f"image {str(image_path)!r}")  # decodes every pixel: truncated files fail here
+        image = self._open(image_path, "RGB", f"image {str(image_path)!r}")  # decodes every pixel, as loading does
         if mask_path is not None:
             self.labels(mask_path, image_path, (image.height, image.width))
 
@@ -164,8 +164,16 @@ class SegmentationFileDataset(Dataset):
             BadSampleError: If the file cannot be read or holds no single-channel label map.
         """
         raw = np.array(self._open(path, None, f"label image {str(path)!r} of image {str(image_path)!r}"))
+        if raw.dtype == bool:  # a 1-bit PNG: labels 0 and 1
+            raw = raw.astype(np.uint8)
+        if raw.ndim == 3 and (raw[..., :3] == raw[..., :1]).all():  # grey labels saved as RGB(A)
+            raw = raw[..., 0]
         if raw.ndim != 2:
-            raise BadSampleError(f"Expected a single-channel label image, but got shape {raw.shape} in {str(path)!r}.", path)
+            raise BadSampleError(
+                f"Expected a single-channel label image (class indices), but got shape {raw.shape} in {str(path)!r}. "
+                "Colour masks need a colour -> class table (FolderDataModule's `palette`).",
+                path,
+            )
         return raw
 
     def labels(self, mask_path: Path, image_path: Path, size: tuple[int, int]) -> np.ndarray:

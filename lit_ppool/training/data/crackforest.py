@@ -7,12 +7,13 @@ from typing import Any
 import numpy as np
 
 from lit_ppool.training.data.base import check_layout, label_lut
+from lit_ppool.training.data.checks import IGNORE_INDEX
 from lit_ppool.training.data.folder import FolderDataModule
 
 __all__ = ["CRACKFOREST_CLASSES", "CRACKFOREST_SPLIT", "CrackForestDataModule"]
 
 CRACKFOREST_CLASSES = ("background", "crack")
-CRACKFOREST_URL = "https://github.com/cuilimeng/CrackForest-dataset (git clone it; non-commercial research use only)"
+CRACKFOREST_URL = "https://github.com/cuilimeng/CrackForest-dataset (git clone it: the clone is the root; non-commercial research use only)"
 CRACKFOREST_LAYOUT = """  <root>/
       image/NNN.jpg     (001-118: 480x320 RGB photos; unlabelled extras are not used)
       seg/NNN.seg       (Berkeley segmentation text: segment 1 = crack, every other segment = background)"""
@@ -45,6 +46,8 @@ class CrackForestDataModule(FolderDataModule):
     Args:
         root: The clone of https://github.com/cuilimeng/CrackForest-dataset (the folder holding ``image/`` and ``seg/``).
         crop_size: Training crop (default ``(320, 480)``, the full image).
+        check_files: Decode every image and label when the datamodule is built (see
+            :class:`~lit_ppool.training.data.folder.FolderDataModule`).
         **kwargs: Loader and augmentation arguments of
             :class:`~lit_ppool.training.data.SegmentationDataModule` (``resize``, ``scale_range``, ...).
 
@@ -54,15 +57,25 @@ class CrackForestDataModule(FolderDataModule):
         DatasetLayoutError: If an image or label of the split is missing or bad.
     """
 
-    def __init__(self, root: str, crop_size: int | tuple[int, int] = (320, 480), **kwargs: Any) -> None:
+    def __init__(
+        self, root: str, crop_size: int | tuple[int, int] = (320, 480), check_files: bool = True, **kwargs: Any
+    ) -> None:
         check_layout(root, ["image", "seg"], CRACKFOREST_LAYOUT, "CrackForest", CRACKFOREST_URL)
-        super().__init__(
+        super().__init__(  # every FolderDataModule argument fixed here, so a config cannot set one that is ignored
             root,
             classes=CRACKFOREST_CLASSES,
             image_dir="image",
             mask_dir="seg",
             mask_pattern="{stem}.seg",
+            split_dirs=None,
             splits=CRACKFOREST_SPLIT,
+            split=None,
+            split_seed=0,
+            ignore_index=IGNORE_INDEX,
+            value_map=None,
+            palette=None,
+            binary=False,
+            check_files=check_files,
             crop_size=crop_size,
             **kwargs,
         )

@@ -27,7 +27,8 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+import functools
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
@@ -48,10 +49,10 @@ class DatasetLayoutError(ConfigError):
     """A dataset folder whose files do not pair up or split as configured (a ``ConfigError``)."""
 
 
+@functools.lru_cache(maxsize=None)
 def image_suffixes() -> frozenset[str]:
-    """File suffixes PIL can open (lower case, with the dot)."""
-    Image.init()
-    return frozenset(suffix.lower() for suffix in Image.registered_extensions())
+    """File suffixes of the formats PIL can open (lower case, with the dot; save-only formats such as PDF left out)."""
+    return frozenset(suffix.lower() for suffix, name in Image.registered_extensions().items() if name in Image.OPEN)
 
 
 def read_seg(path: str | os.PathLike) -> np.ndarray:
@@ -90,14 +91,11 @@ def read_seg(path: str | os.PathLike) -> np.ndarray:
             path,
         ) from None
     segment, row, first, last = runs.T
-    bad = (row < 0) | (row >= height) | (first < 0) | (last < first) | (last >= width)
+    bad = (segment < 0) | (row < 0) | (row >= height) | (first < 0) | (last < first) | (last >= width)
     lengths = last - first + 1
     if bad.any() or lengths.sum() != width * height:
-        raise BadSampleError(
-            f"Expected the runs of {str(path)!r} to cover its {height}x{width} pixels once each, but "
-            f"{'run ' + str(runs[bad][0].tolist()) + ' is outside the image' if bad.any() else f'they cover {lengths.sum()} pixels'}.",
-            path,
-        )
+        reason = f"run {runs[bad][0].tolist()} is outside the image" if bad.any() else f"they cover {lengths.sum()} pixels"
+        raise BadSampleError(f"Expected the runs of {str(path)!r} to cover its {height}x{width} pixels once each, but {reason}.", path)
     starts = row * width + first
     positions = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
     labels = np.full(width * height, -1, dtype=np.int64)
@@ -111,9 +109,10 @@ def seeded_split(stems: Sequence[str], fractions: Sequence[float], seed: int) ->
     """Split ``stems`` into train/val/test by ``fractions``, the same on every machine and library version.
 
     The stems are ordered by the SHA-256 of ``"<seed>:<stem>"`` (no random generator), so the
-    split depends only on the stems and the seed; a file added later moves no other file
-    between splits unless the split sizes change. The val and test sizes are the rounded
-    fractions of the count; train gets the rest.
+    split depends only on the set of stems and the seed, not on the order of the files, the
+    machine or a library version. The first ``round(n * test)`` stems are test, the next
+    ``round(n * val)`` val, the rest train; adding or removing files can move others between
+    splits (the datamodule logs a fingerprint of each split).
 
     Example:
         >>> seeded_split([f"{i:03d}" for i in range(10)], (0.6, 0.2, 0.2), 0)["test"]
@@ -125,43 +124,59 @@ def seeded_split(stems: Sequence[str], fractions: Sequence[float], seed: int) ->
     return {split: sorted(names) for split, names in chosen.items()}
 
 
+def split_digest(samples: Sequence[Sample]) -> str:
+    """``"<count> samples, sha256 <12 hex digits of the sorted stems>"``: which samples a split holds, in one line."""
+    stems = "\n".join(sorted(name for _, _, name in samples))
+    return f"{len(samples)} samples, sha256 {hashlib.sha256(stems.encode()).hexdigest()[:12]}"
+
+
 def _names(items: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` items, quoted, and how many more."""
     shown = ", ".join(repr(item) for item in list(items)[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 class FolderDataset(SegmentationFileDataset):
-    """:class:`SegmentationFileDataset` whose masks may also be RGB colours (``palette``) or ``.seg`` files.
+    """:class:`SegmentationFileDataset` whose masks may also be colours (``palette``), binary, or ``.seg`` files.
 
     Args:
         samples: ``(image path, mask path, name)`` triples.
         palette: ``{(r, g, b): train id}``; with it, masks are read as RGB and every colour must be listed.
+        binary: Masks of 0 and 1 or 255 (not both 1 and 255 in one mask: then 255 may be void).
         **kwargs: Arguments of :class:`SegmentationFileDataset`.
     """
 
-    def __init__(self, samples: Sequence[Sample], *args: Any, palette: Mapping[tuple[int, int, int], int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        *args: Any,
+        palette: Mapping[tuple[int, int, int], int] | None = None,
+        binary: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(samples, *args, **kwargs)
+        self.binary = binary
         self.palette = dict(palette) if palette else None
+        table = {(r << 16) | (g << 8) | b: index for (r, g, b), index in (self.palette or {}).items()}  # one int per colour
+        self._colour_codes = np.array(sorted(table), dtype=np.int64)
+        self._colour_classes = np.array([table[code] for code in self._colour_codes], dtype=np.int64)
 
     def read_mask(self, path: Path, image_path: Path) -> np.ndarray:
         if path.suffix.lower() == ".seg":
             return read_seg(path)
         if self.palette is None:
-            raw = np.array(self._open(path, None, f"label image {str(path)!r} of image {str(image_path)!r}"))
-            if raw.ndim == 3:
+            raw = super().read_mask(path, image_path)
+            if self.binary and (raw == 1).any() and (raw == 255).any():
                 raise BadSampleError(
-                    f"Expected a single-channel label image (class indices), but got a {raw.shape[-1]}-channel one in "
-                    f"{str(path)!r}. For colour masks pass `palette` (colour -> class); otherwise save the class indices.",
+                    f"Expected a binary mask of 0 and 1 or of 0 and 255, but {str(path)!r} holds 0, 1 and 255: is 255 "
+                    "void? Then pass value_map {255: 255} (ignored) in place of binary=True.",
                     path,
                 )
             return raw
         rgb = np.array(self._open(path, "RGB", f"label image {str(path)!r} of image {str(image_path)!r}")).astype(np.int64)
-        codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # one int per colour
-        table = {(r << 16) | (g << 8) | b: index for (r, g, b), index in self.palette.items()}
-        keys = np.array(sorted(table), dtype=np.int64)
-        values = np.array([table[key] for key in keys], dtype=np.int64)
-        index = np.clip(np.searchsorted(keys, codes), 0, len(keys) - 1)
-        unknown = keys[index] != codes
+        codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        index = np.clip(np.searchsorted(self._colour_codes, codes), 0, len(self._colour_codes) - 1)
+        unknown = self._colour_codes[index] != codes
         if unknown.any():
             colours = [((c >> 16) & 255, (c >> 8) & 255, c & 255) for c in np.unique(codes[unknown])[:5].tolist()]
             raise BadSampleError(
@@ -169,7 +184,7 @@ class FolderDataset(SegmentationFileDataset):
                 f"({int(unknown.sum())} pixels). Add them to `palette` (as a class or the ignore_index).",
                 path,
             )
-        return values[index]
+        return self._colour_classes[index]
 
 
 def _parse_colour(key: Any) -> tuple[int, int, int]:
@@ -204,15 +219,17 @@ class FolderDataModule(SegmentationDataModule):
         splits: One pool only: per split, a text file of stems (one per line; a file name's
             image suffix is dropped; relative to ``root``) or a list of stems. Stems listed
             nowhere are not used. Without it, ``split`` applies.
-        split: One pool only: ``(train, val, test)`` fractions of a seeded split (see :func:`seeded_split`);
-            a split of fraction 0 does not exist (e.g. ``(0.8, 0.2, 0)`` for fit only).
+        split: One pool only: ``(train, val, test)`` fractions of a seeded split (see :func:`seeded_split`),
+            ``(0.7, 0.15, 0.15)`` if not given; a split of fraction 0 does not exist (``(0.8, 0.2, 0)``
+            for fit only).
         split_seed: Seed of that split.
-        ignore_index: Mask value of ignored pixels (void, outlines); never a class index.
+        ignore_index: Mask value of ignored pixels (void, outlines), in ``[len(classes), 255]``.
         value_map: Raw mask value -> class index (or ``ignore_index``), e.g. ``{2: 1}``; other
             values are class indices already.
         palette: Colour masks: one ``[r, g, b]`` per class (index order), or ``{"r,g,b" or
             "#rrggbb": class index or ignore_index}``.
-        binary: Masks of 0 (background) and 255 or 1 (foreground), two classes.
+        binary: Masks of 0 (background) and 255 or 1 (foreground), two classes; a mask holding both 1
+            and 255 is an error (255 may be void there: use ``value_map``).
         check_files: Decode every image and mask when the datamodule is built (a thread pool;
             about a second per few hundred images): size mismatches, unreadable files and label
             values that no class has are reported then, all at once, instead of mid-training.
@@ -244,7 +261,7 @@ class FolderDataModule(SegmentationDataModule):
         mask_pattern: str = "{stem}.png",
         split_dirs: Mapping[str, str] | None = None,
         splits: Mapping[str, str | Sequence[str]] | None = None,
-        split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+        split: tuple[float, float, float] | None = None,
         split_seed: int = 0,
         ignore_index: int = IGNORE_INDEX,
         value_map: Mapping[int, int] | None = None,
@@ -256,14 +273,15 @@ class FolderDataModule(SegmentationDataModule):
     ) -> None:
         self.class_names = self._check_classes(classes, binary)
         self.num_classes = len(self.class_names)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < self.num_classes:
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or not self.num_classes <= ignore_index <= 255:
             raise ConfigError(
-                f"Expected argument `ignore_index` to be an int outside the class indices [0, {self.num_classes}), "
+                f"Expected argument `ignore_index` to be a mask value in [{self.num_classes}, 255] (not a class index), "
                 f"but got {ignore_index!r}."
             )
         self.ignore_index = ignore_index
         super().__init__(crop_size=crop_size, **kwargs)
         self.root = Path(root).expanduser()
+        self.binary = binary
         self.lut = self._label_lut(value_map, binary, palette is not None)
         self.palette = self._check_palette(palette)
         self.check_files = check_files
@@ -271,6 +289,9 @@ class FolderDataModule(SegmentationDataModule):
         self._check_not_empty()
         if check_files:
             self._check_every_file()
+        self.split_fingerprint = {split: split_digest(samples) for split, samples in self.samples.items()}
+        self.save_hyperparameters({"split_fingerprint": self.split_fingerprint})  # in hparams.yaml and the W&B config
+        rank_zero_info(f"lit_ppool: {type(self).__name__} splits of {str(self.root)!r}: {self.split_fingerprint}")
 
     def _collect_samples(
         self,
@@ -291,17 +312,43 @@ class FolderDataModule(SegmentationDataModule):
         folders = self._find_layout(image_dir, mask_dir, dirs)
         for pair in folders.values():
             self._check_same_folder_pattern(*pair, mask_pattern)
-        if "all" not in folders:
-            if splits is not None:
-                raise ConfigError(f"Expected argument `splits` only for a single pool of images, but {str(self.root)!r} has split folders.")
-            return {name: list(self._pair(*pair, mask_pattern).values()) for name, pair in folders.items()}
-        stems = None if splits is None else self._read_split_lists(splits)
-        pool = self._pair(*folders["all"], mask_pattern, None if stems is None else [s for names in stems.values() for s in names])
-        stems = stems or self._seeded_stems(list(pool), split, split_seed)
-        return {name: [pool[stem] for stem in names] for name, names in stems.items()}
+        if "all" in folders:
+            stems = None if splits is None else self._read_split_lists(splits)
+            pool = self._pair(*folders["all"], mask_pattern, None if stems is None else [s for names in stems.values() for s in names])
+            stems = stems or self._seeded_stems(list(pool), (0.7, 0.15, 0.15) if split is None else split, split_seed)
+            return {name: [pool[stem] for stem in names] for name, names in stems.items()}
+        if splits is not None or split is not None:
+            raise ConfigError(
+                f"Expected arguments `splits` and `split` only for a single pool of images, but {str(self.root)!r} has "
+                f"split folders ({', '.join(str(images) for images, _ in folders.values())}), which are the split."
+            )
+        paired, problems = {}, []
+        for name, pair in folders.items():
+            try:
+                paired[name] = self._pair(*pair, mask_pattern)
+            except DatasetLayoutError as err:
+                problems.append(str(err))
+        if problems:
+            raise DatasetLayoutError(" ".join(problems))
+        return {name: list(pairs.values()) for name, pairs in paired.items()}
+
+    @staticmethod
+    def _check_no_leak(stems: Mapping[str, Sequence[str]]) -> None:
+        """Raise if a split list names a stem of another split, or one stem twice."""
+        seen: dict[str, str] = {}
+        for split, names in stems.items():
+            repeated = sorted({name for name in names if name in seen} | {name for name in names if names.count(name) > 1})
+            if repeated:
+                where = f"also in the {seen[repeated[0]]} split" if repeated[0] in seen else "listed twice"
+                raise DatasetLayoutError(
+                    f"Expected each sample in one split, once, but {len(repeated)} stem(s) of the {split} split are {where}: "
+                    f"{_names(repeated)}. A sample in two splits leaks test data into training; one listed twice counts twice."
+                )
+            seen.update(dict.fromkeys(names, split))
 
     @staticmethod
     def _check_classes(classes: Sequence[str] | None, binary: bool) -> tuple[str, ...]:
+        """The class names, checked: distinct strings, two with ``binary``."""
         if classes is None and binary:
             return ("background", "foreground")
         if isinstance(classes, str) or not isinstance(classes, Sequence) or len(classes) < 1 + bool(binary) or not all(isinstance(c, str) for c in classes):
@@ -335,6 +382,7 @@ class FolderDataModule(SegmentationDataModule):
         return label_lut(mapping, valid=[])
 
     def _check_palette(self, palette: Sequence[Sequence[int]] | Mapping[str, int] | None) -> dict[tuple[int, int, int], int] | None:
+        """``{(r, g, b): class index}`` from the ``palette`` argument, checked."""
         if palette is None:
             return None
         try:
@@ -400,24 +448,27 @@ class FolderDataModule(SegmentationDataModule):
                 images, and wanted stems with neither.
         """
         prefix, suffix = pattern.split(PATTERN_FIELD, 1)
-        mask_name = re.compile(re.escape(prefix) + "(?P<stem>.+)" + re.escape(suffix) + r"\Z")
-        masks = {m["stem"]: path for path in sorted(mask_folder.iterdir()) if (m := mask_name.match(path.name)) and path.is_file()}
+        mask_name = re.compile(re.escape(prefix) + "(?P<stem>.+)" + re.escape(suffix) + r"\Z", re.IGNORECASE)
+        files = {folder: [p for p in sorted(folder.iterdir()) if not p.name.startswith(".") and p.is_file()] for folder in {image_folder, mask_folder}}
+        masks = {m["stem"]: path for path in files[mask_folder] if (m := mask_name.match(path.name))}
         mask_files = {path.name for path in masks.values()} if image_folder == mask_folder else set()
-        suffixes, images, doubles = image_suffixes(), {}, []
-        for path in sorted(image_folder.iterdir()):
-            if path.suffix.lower() not in suffixes or path.name in mask_files or not path.is_file():
-                continue
-            if path.stem in images:
-                doubles.append(f"{images[path.stem].name} / {path.name}")
-            images[path.stem] = path
+        images: dict[str, Path] = {}
+        doubles: dict[str, list[str]] = {}
+        for path in files[image_folder]:
+            if path.suffix.lower() in image_suffixes() and path.name not in mask_files:
+                if path.stem in images:
+                    doubles.setdefault(path.stem, [images[path.stem].name]).append(path.name)
+                images[path.stem] = path
         if wanted is not None:
             keep = set(wanted)
-            images = {stem: path for stem, path in images.items() if stem in keep}
-            masks = {stem: path for stem, path in masks.items() if stem in keep}
-            doubles = [pair for pair in doubles if Path(pair.split(" / ")[0]).stem in keep]
+            unused = len(set(images) & set(masks) - keep)
+            if unused:
+                rank_zero_info(f"lit_ppool: {unused} image/mask pair(s) in {str(image_folder)!r} are in no split list (not used)")
+            images, masks = ({stem: path for stem, path in found.items() if stem in keep} for found in (images, masks))
+            doubles = {stem: names for stem, names in doubles.items() if stem in keep}
         problems = []
         if doubles:
-            problems.append(f"{len(doubles)} stem(s) have two images ({_names(doubles)}): keep one")
+            problems.append(f"{len(doubles)} stem(s) have two images ({_names([' / '.join(n) for n in doubles.values()])}): keep one")
         no_mask = sorted(set(images) - set(masks))
         if no_mask:
             problems.append(
@@ -440,6 +491,7 @@ class FolderDataModule(SegmentationDataModule):
 
     @staticmethod
     def _seeded_stems(stems: Sequence[str], fractions: Sequence[float], seed: int) -> dict[str, list[str]]:
+        """:func:`seeded_split` by the ``split`` fractions, checked; splits of fraction 0 left out."""
         if (
             isinstance(fractions, str)
             or len(fractions) != 3
@@ -451,23 +503,16 @@ class FolderDataModule(SegmentationDataModule):
         return {split: chosen[split] for split, fraction in zip(SPLITS, fractions) if fraction > 0}  # 0: no such split
 
     def _read_split_lists(self, splits: Mapping[str, str | Sequence[str]]) -> dict[str, list[str]]:
-        """``split -> stems`` of the ``splits`` argument; a stem in two splits is an error."""
+        """``split -> stems`` of the ``splits`` argument; a stem in two splits (or twice in one) is an error."""
         unknown = sorted(set(splits) - set(SPLITS))
         if unknown:
             raise ConfigError(f"Expected the keys of argument `splits` to be among {list(SPLITS)}, but got {unknown}.")
         stems = {split: self._read_split_list(split, entry) for split, entry in splits.items()}
-        seen: dict[str, str] = {}
-        for split, names in stems.items():
-            repeated = sorted({name for name in names if name in seen})
-            if repeated:
-                raise DatasetLayoutError(
-                    f"Expected each stem in one split only, but {len(repeated)} stem(s) of the {split} split are also in the "
-                    f"{seen[repeated[0]]} split: {_names(repeated)}. A sample in two splits leaks test data into training."
-                )
-            seen.update(dict.fromkeys(names, split))
+        self._check_no_leak(stems)
         return stems
 
     def _read_split_list(self, split: str, entry: str | Sequence[str]) -> list[str]:
+        """The stems of one ``splits`` entry: a list, or a text file of stems (``#`` comments, image suffixes dropped)."""
         if not isinstance(entry, str):
             return [str(name) for name in entry]
         path = Path(entry).expanduser()
@@ -475,10 +520,11 @@ class FolderDataModule(SegmentationDataModule):
         if not path.is_file():
             raise DatasetLayoutError(f"Expected the {split} split list {str(path)!r} (one stem per line) to exist, but it does not.")
         suffixes = image_suffixes()
-        names = [line.split()[0] for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.strip().startswith("#")]
         return [Path(name).stem if Path(name).suffix.lower() in suffixes else name for name in names]
 
     def _check_not_empty(self) -> None:
+        """Raise if a split (or every split) holds no sample."""
         empty = [split for split, samples in self.samples.items() if not samples]
         if empty or not self.samples:
             raise DatasetLayoutError(
@@ -487,7 +533,10 @@ class FolderDataModule(SegmentationDataModule):
             )
 
     def _dataset(self, samples: Sequence[Sample], transforms: Callable | None = None) -> FolderDataset:
-        return FolderDataset(samples, self.num_classes, self.lut, transforms, self.ignore_index, palette=self.palette)
+        """A :class:`FolderDataset` of ``samples`` with this datamodule's label mapping."""
+        return FolderDataset(
+            samples, self.num_classes, self.lut, transforms, self.ignore_index, palette=self.palette, binary=self.binary
+        )
 
     def _check_every_file(self) -> None:
         """Decode every sample once (threads: PIL releases the GIL); raise or skip, reporting every bad file."""
@@ -530,7 +579,8 @@ class FolderDataModule(SegmentationDataModule):
     def build_dataset(self, split: str, transforms: Callable) -> Dataset:
         if split not in self.samples:
             raise DatasetLayoutError(
-                f"Expected a {split} split under {str(self.root)!r}, but it has only {sorted(self.samples)}. Add a "
-                f"{split!r} folder (or a `splits` entry), or run a stage that does not need it."
+                f"Expected a {split} split under {str(self.root)!r}, but it has only {sorted(self.samples)}. Add the "
+                f"{split} folder (`split_dirs` names it if it is not {split!r}), or for a single pool of images give "
+                f"{split} a fraction in `split` or a list in `splits`."
             )
         return self._dataset(self.samples[split], transforms)
