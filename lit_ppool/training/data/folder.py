@@ -240,9 +240,9 @@ class FolderDataModule(SegmentationDataModule):
     Raises:
         DatasetRootError: If ``root`` has none of the layouts (the message lists them and what it holds).
         DatasetLayoutError: (a ``ConfigError``) If files do not pair up, a split is empty, a split
-            list names unknown stems, or (``check_files``) a file is bad; one error lists every
-            problem, its count and the first few names. With ``on_bad_sample="skip"`` bad files are
-            left out with a :class:`~lit_ppool.training.data.checks.BadSampleWarning` instead.
+            list names unknown stems, or (``check_files``) a file is bad: one error per kind of
+            problem, with its count and the first names. With ``on_bad_sample="skip"`` bad files
+            are left out with a :class:`~lit_ppool.training.data.checks.BadSampleWarning` instead.
         ConfigError: If an argument is invalid.
 
     Example (YAML)::
@@ -268,7 +268,6 @@ class FolderDataModule(SegmentationDataModule):
         palette: Sequence[Sequence[int]] | Mapping[str, int] | None = None,
         binary: bool = False,
         check_files: bool = True,
-        crop_size: int | tuple[int, int] = 512,
         **kwargs: Any,
     ) -> None:
         self.class_names = self._check_classes(classes, binary)
@@ -279,7 +278,7 @@ class FolderDataModule(SegmentationDataModule):
                 f"but got {ignore_index!r}."
             )
         self.ignore_index = ignore_index
-        super().__init__(crop_size=crop_size, **kwargs)
+        super().__init__(**kwargs)
         self.root = Path(root).expanduser()
         self.binary = binary
         self.lut = self._label_lut(value_map, binary, palette is not None)
