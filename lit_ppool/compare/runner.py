@@ -29,7 +29,7 @@ __all__ = ["Run", "main", "plan_runs"]
 EPILOG = """\
 Every other argument is a LightningCLI override passed to each run's fit and test, e.g.
 --trainer.max_epochs=2. Examples:
-  lit-ppool compare --config configs/benchmark.yaml --poolings max,avg,p --seeds 3
+  lit-ppool compare --config configs/benchmark.yaml --poolings max,avg,p --seeds 10
   lit-ppool compare --config configs/benchmark.yaml --print-commands   # one line per run, for a cluster
   lit-ppool compare --aggregate compare_benchmark                      # tables from finished run folders
 """
