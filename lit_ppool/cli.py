@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import re
 import sys
 import warnings
@@ -66,10 +67,39 @@ _KNOWN_HARMLESS_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
 )
 
+# Third-party advertising that every run would print: (message, module that logs it). Lightning logs
+# these through `rank_zero_info`, whose records carry the calling module (stacklevel) and come from
+# one of the loggers in _RANK_ZERO_LOGGERS.
+_KNOWN_ADVERTISING = (
+    (r"Tip: .*\blitlogger\b", "logger_connector"),  # on every Trainer without a LitLogger
+    (r"Tip: .*\blitmodels\b", "callback_connector"),  # on every Trainer with the default ModelCheckpoint
+)
+_RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
+
+
+class _DropKnownAdvertising(logging.Filter):
+    """Drops the log records of :data:`_KNOWN_ADVERTISING`, matched by message and logging module."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(
+            record.module == module and re.search(pattern, message) for pattern, module in _KNOWN_ADVERTISING
+        )
+
+
+_ADVERTISING_FILTER = _DropKnownAdvertising()
+
 
 def _quiet_known_warnings() -> None:
+    """Silence :data:`_KNOWN_HARMLESS_WARNINGS` and :data:`_KNOWN_ADVERTISING` (idempotent)."""
     for message, category, module in _KNOWN_HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name in _RANK_ZERO_LOGGERS:
+        logging.getLogger(name).addFilter(_ADVERTISING_FILTER)  # adding the same filter again is a no-op
 
 
 _SPHINX_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)\s*(?:<[^>]*>)?`")
