@@ -30,7 +30,7 @@ from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateChec
 from lit_ppool.training.data.base import SegmentationDataModule
 from lit_ppool.kernels.dispatch import get_backend
 from lit_ppool.training.alpha_monitor import alpha_layers
-from lit_ppool.training.loggers import SaveConfigToLoggers, resolve_wandb_mode
+from lit_ppool.training.loggers import SaveConfigToLoggers, finish_wandb_runs, resolve_wandb_mode
 from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
 from lit_ppool.training.runs import (
     checkpoint_path_problem,
@@ -170,7 +170,25 @@ class PPoolCLI(LightningCLI):
       unless ``trainer.plugins`` names another ``CheckpointIO``) and hold the random state
       (:class:`~lit_ppool.training.checkpointing.RandomStateCheckpoint`, unless the config lists
       it already), so a killed ``fit`` resumes exactly with ``--ckpt_path last``.
+    * The W&B runs of the Trainer's loggers are finished when the subcommand ends, failed or not
+      (Lightning's ``WandbLogger`` leaves that to wandb's exit hook), so an offline run is closed
+      on disk when the command returns.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException as err:
+            self.finish_wandb_runs(err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 1)
+            raise
+        if kwargs.get("run", True):  # run=False: the caller runs the Trainer, and its loggers are the caller's
+            self.finish_wandb_runs(0)
+
+    def finish_wandb_runs(self, exit_code: int) -> None:
+        """Finish the W&B runs of the Trainer's loggers (:func:`~lit_ppool.training.loggers.finish_wandb_runs`)."""
+        trainer = getattr(self, "trainer", None)  # not built when the command stopped before it
+        if trainer is not None:
+            finish_wandb_runs(trainer.loggers, exit_code)
 
     def config_value(self, key: str, config: Any = None) -> Any:
         """The value of dotted ``key`` (``"trainer.logger"``) in the running subcommand's config, or ``None``.
