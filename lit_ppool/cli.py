@@ -164,8 +164,9 @@ class PPoolCLI(LightningCLI):
     * An invalid configuration (unknown arch, encoder, pooling or weights name, a missing
       dataset root, pretrained weights that are not cached and cannot be downloaded, a bad
       ``WANDB_MODE``) ends the command with a one-line error naming the problem, not a traceback.
-    * With ``--ckpt_path`` to a checkpoint file the model is built without its pretrained
-      encoder weights (the checkpoint holds every weight): nothing is downloaded.
+    * With ``--ckpt_path`` to a checkpoint file or ``last`` the model is built without its pretrained
+      encoder weights (the checkpoint holds every weight): nothing is downloaded. A ``fit`` whose
+      ``last`` finds no checkpoint loads them into the model before it trains.
     * Checkpoints are written atomically (:class:`~lit_ppool.training.checkpointing.AtomicCheckpointIO`,
       unless ``trainer.plugins`` names another ``CheckpointIO``) and hold the random state
       (:class:`~lit_ppool.training.checkpointing.RandomStateCheckpoint`, unless the config lists
@@ -232,10 +233,14 @@ class PPoolCLI(LightningCLI):
                 )
 
     def instantiate_classes(self) -> None:
-        # a checkpoint file to load holds every weight: build the model without downloading encoder_weights
+        # a checkpoint to load holds every weight: build the model without reading or downloading its
+        # encoder_weights ("last" too; fit loads them in _resolve_last_checkpoint when there is no checkpoint)
         ckpt_path = self.config_value("ckpt_path") if self.subcommand else None
+        from_checkpoint = ckpt_path == "last" or (
+            isinstance(ckpt_path, (str, Path)) and Path(ckpt_path).expanduser().is_file()
+        )
         try:
-            with skip_pretrained_weights(isinstance(ckpt_path, (str, Path)) and Path(ckpt_path).is_file()):
+            with skip_pretrained_weights(from_checkpoint):
                 super().instantiate_classes()
         except Exception as err:  # jsonargparse wraps errors of --data subclasses: find the ConfigError inside
             cause: BaseException | None = err
@@ -279,6 +284,10 @@ class PPoolCLI(LightningCLI):
             )
         if found is None:
             rank_zero_warn(f"lit_ppool: --ckpt_path last found no last.ckpt under {str(where)!r}; training from scratch.")
+            try:  # the model was built without its pretrained weights in case there was a checkpoint
+                self.model.load_pretrained_weights()
+            except ConfigError as err:
+                self.parser.error(str(err))
         else:
             rank_zero_info(f"lit_ppool: --ckpt_path last is {found}")
         self.config_init[f"{self.subcommand}.ckpt_path"] = None if found is None else str(found)
