@@ -132,12 +132,58 @@ def test_baked_to_average_is_recorded(tmp_path):
     _assert_same_model(from_pretrained(tmp_path), model)
 
 
-def test_smp_loader_fails_and_the_files_say_which_loader_to_use(tmp_path):
+def _swap_then_maybe_bake(model, setup):
+    if setup == "baked to avg":  # alpha 0: bakes into average pooling, no weights of its own
+        swap_pooling(model, "p", alpha_init=0.0)
+        assert len(bake_pooling(model, X)) == 1
+    elif setup == "per-channel p":
+        swap_pooling(model, "p", num_channels="auto", example_input=X)
+    else:
+        swap_pooling(model, setup, example_input=X)
+
+
+@pytest.mark.parametrize("setup", ["p", "per-channel p", "avg", "softpool", "baked to avg"])
+def test_smp_loader_refuses_a_swapped_folder_and_names_lit_ppools(setup, tmp_path):
+    model = _unet()
+    _swap_then_maybe_bake(model, setup)
+    save_pretrained(model, tmp_path)
+    with pytest.raises(AttributeError, match="'Unet with swapped pooling: load it with lit_ppool.from_pretrained'"):
+        smp.from_pretrained(str(tmp_path))  # smp's own loader, as a user of the folder would call it
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["lit_ppool"]["model_class"] == "Unet" and config["lit_ppool"]["format"] == 2
+    _assert_same_model(from_pretrained(tmp_path), model)
+
+
+@pytest.mark.parametrize("setup", ["nothing swapped", "swapped to max", "baked to max"])
+def test_smp_loader_rebuilds_a_folder_with_smps_own_pooling_exactly(setup, tmp_path):
+    model = _unet()
+    if setup == "swapped to max":
+        assert len(swap_pooling(model, "max")) == 1
+    elif setup == "baked to max":
+        swap_pooling(model, "p", alpha_init=100.0)
+        assert len(bake_pooling(model, X, atol=1.0)) == 1
+    save_pretrained(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["_model_class"] == "Unet"
+    _assert_same_model(smp.from_pretrained(str(tmp_path)).eval(), model)
+    _assert_same_model(from_pretrained(tmp_path), model)
+
+
+def test_folders_of_format_1_still_load(tmp_path):
+    model = _unet()
+    swap_pooling(model, "avg")
+
+    def as_format_1(config):  # what lit_ppool wrote before the folder named its loader to smp
+        config["_model_class"] = config["lit_ppool"].pop("model_class")
+        config["lit_ppool"]["format"] = 1
+
+    _edit_config(save_pretrained(model, tmp_path), as_format_1)
+    _assert_same_model(from_pretrained(tmp_path), model)
+
+
+def test_the_files_say_which_loader_to_use(tmp_path):
     model = _unet()
     swap_pooling(model, "p")
     save_pretrained(model, tmp_path)
-    with pytest.raises(RuntimeError, match="encoder.maxpool.alpha_raw"):
-        smp.from_pretrained(str(tmp_path))
     assert "lit_ppool.from_pretrained" in (tmp_path / "config.json").read_text().splitlines()[1]
     card = (tmp_path / "README.md").read_text().splitlines()
     assert card[0] == "---" and any("Load with `lit_ppool.from_pretrained" in line for line in card[:14])
@@ -200,8 +246,11 @@ def test_config_from_a_newer_lit_ppool_with_an_unknown_pooling(saved):
     message = str(excinfo.value)
     assert _one_line(excinfo) and isinstance(excinfo.value, ValueError)
     assert all(part in message for part in (str(saved / "config.json"), "'quantum'", "9.0.0", "Upgrade lit_ppool", "softpool"))
-    _edit_config(saved, lambda config: config["lit_ppool"].update(format=2))
-    with pytest.raises(SavedModelError, match="format <= 1, but got 2"):
+    _edit_config(saved, lambda config: config["lit_ppool"].update(format=3))
+    with pytest.raises(SavedModelError, match="format <= 2, but got 3"):
+        from_pretrained(saved)
+    _edit_config(saved, lambda config: config["lit_ppool"].update(format=2, model_class="Unet3000"))
+    with pytest.raises(SavedModelError, match="Expected `model_class` in .* to be an smp architecture, but got 'Unet3000'"):
         from_pretrained(saved)
 
 
