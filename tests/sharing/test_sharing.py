@@ -15,6 +15,7 @@ from lit_ppool import (
     save_pretrained,
     swap_pooling,
 )
+from lit_ppool.layers.baselines import AveragePool2d
 from lit_ppool.layers.same import SamePadPool2d
 from lit_ppool.sharing import NotASavedModelError, SavedModelError
 
@@ -357,6 +358,51 @@ def test_export_onnx_from_a_checkpoint(trained_run, tmp_path, capsys):
     assert dims == ["batch", 3, "height", "width"]
     card = (tmp_path / "README.md").read_text()
     assert "opset 18" in card and "dynamic axes" in card and "| `encoder.maxpool` | p |" in card
+
+
+def _checkpoint_variant(ckpt, folder, variant):
+    """A copy of the trained checkpoint with alpha set for ``variant``, in a run folder of its own."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    key = "model.encoder.maxpool.alpha_raw"
+    if variant == "per-channel alpha":  # every channel its own alpha, average pooling (0) included
+        checkpoint["hyper_parameters"]["pooling_kwargs"] = {"num_channels": "auto"}
+        checkpoint["state_dict"][key] = torch.linspace(0.0, 8.0, 64)
+    elif variant == "baked":  # alpha 0: --bake makes it average pooling (count_include_pad=False, padding 1)
+        checkpoint["state_dict"][key] = torch.zeros(1)
+    else:
+        checkpoint["state_dict"][key] = torch.full((1,), 3.5)
+    path = folder / "checkpoints" / "variant.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("variant", ["per-layer alpha", "per-channel alpha", "baked"])
+def test_exported_onnx_matches_torch_at_the_traced_size_and_two_others(variant, trained_run, tmp_path, capsys):
+    import onnxruntime
+
+    from lit_ppool import PPoolSegmentationModule
+    from lit_ppool.export import main
+
+    ckpt = _checkpoint_variant(trained_run[0], tmp_path / "run", variant)
+    args = ["--ckpt_path", str(ckpt), "--output", str(tmp_path / "onnx"), "--format", "onnx", "--example_size", "64", "64"]
+    assert main([*args, "--bake"] if variant == "baked" else args) == 0
+    assert "onnx.checker passed; onnxruntime" in capsys.readouterr().out
+    model = PPoolSegmentationModule.load_from_checkpoint(ckpt, map_location="cpu").model.eval()
+    if variant == "baked":
+        assert type(bake_pooling(model, torch.rand(1, 3, 64, 64))[0].new) is AveragePool2d
+    else:
+        assert isinstance(model.encoder.maxpool, PPool2d) and model.encoder.maxpool.alpha.numel() == (
+            64 if variant == "per-channel alpha" else 1)
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    torch.manual_seed(0)
+    for shape in [(1, 3, 64, 64), (2, 3, 96, 64), (1, 3, 128, 160)]:  # the traced size, then other batch, height, width
+        x = torch.rand(shape)
+        (logits,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            expected = model(x)
+        assert logits.shape == tuple(expected.shape)
+        torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):
