@@ -163,6 +163,10 @@ def finish_wandb_runs(loggers: Iterable[Logger], exit_code: int = 0) -> list[str
     Args:
         loggers: The Trainer's loggers.
         exit_code: 0 marks the runs finished, anything else failed.
+
+    Example:
+        >>> finish_wandb_runs([CSVLogger("logs")])  # no W&B logger: nothing to finish
+        []
     """
     if "wandb" not in sys.modules:  # nothing imported wandb, so no run was started
         return []

@@ -295,6 +295,11 @@ class PPoolSegmentationModule(L.LightningModule):
         Raises:
             WeightsUnavailableError: (a :class:`ConfigError`) if the weights are neither cached nor downloadable.
             ConfigError: If ``encoder_weights`` names a file that is missing or does not match.
+
+        Example:
+            >>> module = PPoolSegmentationModule(encoder_name="resnet18", encoder_weights=None, num_classes=2)
+            >>> module.load_pretrained_weights()  # encoder_weights=None: nothing to load
+            []
         """
         if self.hparams.encoder_weights in (None, False):
             return []
