@@ -168,7 +168,7 @@ def run_meta(args: argparse.Namespace) -> dict:
     cuda = torch.cuda.is_available()
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()}), no CUDA device",
+        "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()}), no CUDA device", "cuda": cuda,
         "python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
         "quick": args.quick, "budget_s": args.budget, "sections": args.sections,
     }

@@ -166,7 +166,8 @@ def op_timings(quick: bool, deadline: float, result: dict) -> None:
     shape = (2, 8, 32, 32) if quick else (32, 64, 256, 256)
     warmup, reps = (1, 2) if quick else (5, 20)
     rows = result.setdefault("rows", [])
-    result.update(shape=list(shape), warmup=warmup, reps=reps, failures=[])
+    result.update(shape=list(shape), warmup=warmup, reps=reps, failures=[],
+                  timer="CUDA events" if device.type == "cuda" else "host clock, CPU")
     for dtype, layout, (geometry, (k, s, p)) in _op_grid(GEOMETRIES):
         if time.monotonic() > deadline:
             result["failures"].append("out of time before the grid was done")

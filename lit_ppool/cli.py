@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import re
 import sys
 import warnings
@@ -29,7 +30,7 @@ from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateChec
 from lit_ppool.training.data.base import SegmentationDataModule
 from lit_ppool.kernels.dispatch import get_backend
 from lit_ppool.training.alpha_monitor import alpha_layers
-from lit_ppool.training.loggers import SaveConfigToLoggers, resolve_wandb_mode
+from lit_ppool.training.loggers import SaveConfigToLoggers, finish_wandb_runs, resolve_wandb_mode
 from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
 from lit_ppool.training.runs import (
     checkpoint_path_problem,
@@ -66,10 +67,39 @@ _KNOWN_HARMLESS_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
 )
 
+# Third-party advertising that every run would print: (message, module that logs it). Lightning logs
+# these through `rank_zero_info`, whose records carry the calling module (stacklevel) and come from
+# one of the loggers in _RANK_ZERO_LOGGERS.
+_KNOWN_ADVERTISING = (
+    (r"Tip: .*\blitlogger\b", "logger_connector"),  # on every Trainer without a LitLogger
+    (r"Tip: .*\blitmodels\b", "callback_connector"),  # on every Trainer with the default ModelCheckpoint
+)
+_RANK_ZERO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
+
+
+class _DropKnownAdvertising(logging.Filter):
+    """Drops the log records of :data:`_KNOWN_ADVERTISING`, matched by message and logging module."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(
+            record.module == module and re.search(pattern, message) for pattern, module in _KNOWN_ADVERTISING
+        )
+
+
+_ADVERTISING_FILTER = _DropKnownAdvertising()
+
 
 def _quiet_known_warnings() -> None:
+    """Silence :data:`_KNOWN_HARMLESS_WARNINGS` and :data:`_KNOWN_ADVERTISING` (idempotent)."""
     for message, category, module in _KNOWN_HARMLESS_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    for name in _RANK_ZERO_LOGGERS:
+        logging.getLogger(name).addFilter(_ADVERTISING_FILTER)  # adding the same filter again is a no-op
 
 
 _SPHINX_ROLE = re.compile(r":[a-z]+:`~?([^`<]*?)\s*(?:<[^>]*>)?`")
@@ -134,13 +164,32 @@ class PPoolCLI(LightningCLI):
     * An invalid configuration (unknown arch, encoder, pooling or weights name, a missing
       dataset root, pretrained weights that are not cached and cannot be downloaded, a bad
       ``WANDB_MODE``) ends the command with a one-line error naming the problem, not a traceback.
-    * With ``--ckpt_path`` to a checkpoint file the model is built without its pretrained
-      encoder weights (the checkpoint holds every weight): nothing is downloaded.
+    * With ``--ckpt_path`` to a checkpoint file or ``last`` the model is built without its pretrained
+      encoder weights (the checkpoint holds every weight): nothing is downloaded. A ``fit`` whose
+      ``last`` finds no checkpoint loads them into the model before it trains.
     * Checkpoints are written atomically (:class:`~lit_ppool.training.checkpointing.AtomicCheckpointIO`,
       unless ``trainer.plugins`` names another ``CheckpointIO``) and hold the random state
       (:class:`~lit_ppool.training.checkpointing.RandomStateCheckpoint`, unless the config lists
       it already), so a killed ``fit`` resumes exactly with ``--ckpt_path last``.
+    * The W&B runs of the Trainer's loggers are finished when the subcommand ends, failed or not
+      (Lightning's ``WandbLogger`` leaves that to wandb's exit hook), so an offline run is closed
+      on disk when the command returns.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException as err:
+            self.finish_wandb_runs(err.code if isinstance(err, SystemExit) and isinstance(err.code, int) else 1)
+            raise
+        if kwargs.get("run", True):  # run=False: the caller runs the Trainer, and its loggers are the caller's
+            self.finish_wandb_runs(0)
+
+    def finish_wandb_runs(self, exit_code: int) -> None:
+        """Finish the W&B runs of the Trainer's loggers (:func:`~lit_ppool.training.loggers.finish_wandb_runs`)."""
+        trainer = getattr(self, "trainer", None)  # not built when the command stopped before it
+        if trainer is not None:
+            finish_wandb_runs(trainer.loggers, exit_code)
 
     def config_value(self, key: str, config: Any = None) -> Any:
         """The value of dotted ``key`` (``"trainer.logger"``) in the running subcommand's config, or ``None``.
@@ -184,10 +233,14 @@ class PPoolCLI(LightningCLI):
                 )
 
     def instantiate_classes(self) -> None:
-        # a checkpoint file to load holds every weight: build the model without downloading encoder_weights
+        # a checkpoint to load holds every weight: build the model without reading or downloading its
+        # encoder_weights ("last" too; fit loads them in _resolve_last_checkpoint when there is no checkpoint)
         ckpt_path = self.config_value("ckpt_path") if self.subcommand else None
+        from_checkpoint = ckpt_path == "last" or (
+            isinstance(ckpt_path, (str, Path)) and Path(ckpt_path).expanduser().is_file()
+        )
         try:
-            with skip_pretrained_weights(isinstance(ckpt_path, (str, Path)) and Path(ckpt_path).is_file()):
+            with skip_pretrained_weights(from_checkpoint):
                 super().instantiate_classes()
         except Exception as err:  # jsonargparse wraps errors of --data subclasses: find the ConfigError inside
             cause: BaseException | None = err
@@ -231,6 +284,10 @@ class PPoolCLI(LightningCLI):
             )
         if found is None:
             rank_zero_warn(f"lit_ppool: --ckpt_path last found no last.ckpt under {str(where)!r}; training from scratch.")
+            try:  # the model was built without its pretrained weights in case there was a checkpoint
+                self.model.load_pretrained_weights()
+            except ConfigError as err:
+                self.parser.error(str(err))
         else:
             rank_zero_info(f"lit_ppool: --ckpt_path last is {found}")
         self.config_init[f"{self.subcommand}.ckpt_path"] = None if found is None else str(found)

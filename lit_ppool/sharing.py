@@ -5,9 +5,11 @@
 pooling module that differs from a freshly built smp model of the same config: its qualified
 name, registry pooling, geometry, constructor options and whether it runs with "same" padding.
 :func:`from_pretrained` builds the smp model from that config, re-applies exactly those
-modules and loads the weights with strict key checking. A model whose pooling equals smp's
-own (nothing swapped, or everything baked back to ``nn.MaxPool2d``) is saved as a plain smp
-model that ``smp.from_pretrained`` loads unchanged.
+modules and loads the weights with strict key checking. ``smp.from_pretrained`` refuses such a
+folder: its ``_model_class`` names no smp class but says to use ``lit_ppool.from_pretrained``
+(the class is in the ``lit_ppool`` section). A model whose pooling equals smp's own (nothing
+swapped, or everything baked back to ``nn.MaxPool2d``) is saved as a plain smp model that
+``smp.from_pretrained`` loads unchanged.
 """
 
 from __future__ import annotations
@@ -34,8 +36,15 @@ __all__ = ["NotASavedModelError", "SavedModelError", "build_layer", "from_pretra
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-FORMAT_VERSION = 1
-"""Version of the ``lit_ppool`` section of ``config.json``; a newer one is refused with an error."""
+FORMAT_VERSION = 2
+"""Version of the ``lit_ppool`` section of ``config.json``; a newer one is refused with an error.
+
+1: the smp class in ``_model_class`` (which ``smp.from_pretrained`` then builds without the swap);
+2: ``_model_class`` is :data:`SMP_REFUSAL` and the class is the section's ``model_class``.
+"""
+SMP_REFUSAL = "{model_class} with swapped pooling: load it with lit_ppool.from_pretrained"
+"""The ``_model_class`` of a swapped model's folder: no smp class, so ``smp.from_pretrained`` stops with an
+``AttributeError`` that names it (``getattr(smp, _model_class)`` in smp 0.5 and 0.6)."""
 SECTION = "lit_ppool"
 NOTE_KEY = "_lit_ppool_note"  # smp drops config keys starting with "_" before building the model
 _GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
@@ -60,7 +69,8 @@ def _version() -> str:
 def _load_note(source: str = "<this folder or its Hub repo id>") -> str:
     return (
         f"Saved by lit_ppool {_version()} with swapped pooling layers: load it with "
-        f"`lit_ppool.from_pretrained({source!r})`. smp.from_pretrained cannot rebuild them."
+        f"`lit_ppool.from_pretrained({source!r})`. smp.from_pretrained cannot rebuild them, and refuses "
+        "this folder (`_model_class` names no smp class; the class is `lit_ppool.model_class`)."
     )
 
 
@@ -203,9 +213,11 @@ def save_pretrained(
     the config builds: qualified name, registry pooling, geometry, constructor options,
     "same" padding, and the lit_ppool version), ``model.safetensors`` (smp's
     ``save_pretrained``) and ``README.md``, a model card with a table of the pooling per
-    layer and its learned alpha. When no pooling differs (nothing swapped, or everything
-    baked back to ``nn.MaxPool2d``) there is no ``lit_ppool`` section and
-    ``smp.from_pretrained`` loads the folder as it is.
+    layer and its learned alpha. With a swap, ``_model_class`` is :data:`SMP_REFUSAL` (the smp class
+    moves to the section's ``model_class``), so ``smp.from_pretrained`` stops with an error naming
+    ``lit_ppool.from_pretrained`` instead of building the model with smp's own pooling. When no
+    pooling differs (nothing swapped, or everything baked back to ``nn.MaxPool2d``) there is no
+    ``lit_ppool`` section and ``smp.from_pretrained`` loads the folder as it is.
 
     Args:
         model: An smp model (``smp.Unet(...)``, ``PPoolSegmentationModule.model``), swapped or not.
@@ -240,10 +252,6 @@ def save_pretrained(
     config_path = folder / CONFIG_NAME
     config = json.loads(config_path.read_text())
     config["encoder_weights"] = None
-    if swaps:
-        section = {"version": _version(), "format": FORMAT_VERSION, "loader": "lit_ppool.from_pretrained", "swaps": swaps}
-        config = {NOTE_KEY: _load_note(), **config, SECTION: section}
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
     plot_name = None
     if alpha_plot is not None:
         plot_name = "alpha.png" if Path(alpha_plot).suffix.lower() == ".png" else Path(alpha_plot).name
@@ -252,6 +260,13 @@ def save_pretrained(
         model, config, swaps, metrics=metrics, training_config=training_config, plot_name=plot_name,
         dataset=dataset, sections=sections, loading=None,
     )
+    if swaps:  # a folder that smp.from_pretrained refuses, saying which loader rebuilds it
+        model_class = config["_model_class"]
+        section = {"version": _version(), "format": FORMAT_VERSION, "loader": "lit_ppool.from_pretrained",
+                   "model_class": model_class, "swaps": swaps}
+        config = {NOTE_KEY: _load_note(), **config, "_model_class": SMP_REFUSAL.format(model_class=model_class),
+                  SECTION: section}
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
     (folder / CARD_NAME).write_text(card)
     return folder
 
@@ -453,29 +468,43 @@ def _read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _build_smp_model(config: Mapping[str, Any], path: Path) -> nn.Module:
+def _read_section(config: Mapping[str, Any], path: Path) -> dict[str, Any] | None:
+    """The ``lit_ppool`` section of a config (``None`` for a plain smp folder), its format checked."""
+    if SECTION not in config:
+        return None
+    section = config[SECTION]
+    if not isinstance(section, dict) or not isinstance(section.get("swaps"), list):
+        raise SavedModelError(f"Expected the `{SECTION}` section of {path} to hold a `swaps` list, but got {section!r:.200}.")
+    if not isinstance(section.get("format"), int) or section["format"] > FORMAT_VERSION:
+        raise SavedModelError(
+            f"Expected the `{SECTION}` section of {path} to have format <= {FORMAT_VERSION}, but got "
+            f"{section.get('format')!r} (saved by lit_ppool {section.get('version', 'an unknown version')}; "
+            f"this is {_version()}): upgrade lit_ppool."
+        )
+    return section
+
+
+def _build_smp_model(config: Mapping[str, Any], section: Mapping[str, Any] | None, path: Path) -> nn.Module:
     import segmentation_models_pytorch as smp
     from segmentation_models_pytorch.base import SegmentationModel
 
-    cls = getattr(smp, config["_model_class"], None)
+    # format 1 kept the class in _model_class; format 2 moved it to the section (see SMP_REFUSAL)
+    if section is not None and "model_class" in section:
+        key, name = "model_class", section["model_class"]
+    else:
+        key, name = "_model_class", config["_model_class"]
+    cls = getattr(smp, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, SegmentationModel)):
-        raise SavedModelError(f"Expected `_model_class` in {path} to be an smp architecture, but got {config['_model_class']!r}.")
+        raise SavedModelError(f"Expected `{key}` in {path} to be an smp architecture, but got {name!r}.")
     try:
         return cls(**_smp_kwargs(config))
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
         raise SavedModelError(f"Expected {path} to hold valid {cls.__name__} arguments, but building it failed: {err}") from None
 
 
-def _apply_swaps(model: nn.Module, section: Any, path: Path) -> None:
-    """Re-apply the recorded swap of a ``lit_ppool`` config section to the freshly built model."""
-    if not isinstance(section, dict) or not isinstance(section.get("swaps"), list):
-        raise SavedModelError(f"Expected the `{SECTION}` section of {path} to hold a `swaps` list, but got {section!r:.200}.")
+def _apply_swaps(model: nn.Module, section: Mapping[str, Any], path: Path) -> None:
+    """Re-apply the recorded swap of a ``lit_ppool`` config section (:func:`_read_section`) to the freshly built model."""
     saved_by = section.get("version", "an unknown version")
-    if not isinstance(section.get("format"), int) or section["format"] > FORMAT_VERSION:
-        raise SavedModelError(
-            f"Expected the `{SECTION}` section of {path} to have format <= {FORMAT_VERSION}, but got "
-            f"{section.get('format')!r} (saved by lit_ppool {saved_by}; this is {_version()}): upgrade lit_ppool."
-        )
     for swap in section["swaps"]:
         name = swap.get("name") if isinstance(swap, dict) else None
         try:
@@ -565,8 +594,9 @@ def from_pretrained(source: str | os.PathLike, *, revision: str | None = None) -
     folder = _resolve(source, revision)
     config = _read_config(folder)
     config_path = folder / CONFIG_NAME
-    model = _build_smp_model(config, config_path)
-    if SECTION in config:
-        _apply_swaps(model, config[SECTION], config_path)
+    section = _read_section(config, config_path)
+    model = _build_smp_model(config, section, config_path)
+    if section is not None:
+        _apply_swaps(model, section, config_path)
     _load_weights(model, folder, config_path)
     return model.eval()

@@ -11,7 +11,8 @@ where a logger has no such thing (``CSVLogger``, unknown loggers).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -34,6 +35,7 @@ __all__ = [
     "SaveConfigToLoggers",
     "WandbLogger",
     "define_metric_group",
+    "finish_wandb_runs",
     "log_figure",
     "log_histogram",
     "log_line_series",
@@ -148,6 +150,36 @@ class WandbLogger(_LightningWandbLogger):
             wandb.setup(settings=wandb.Settings(root_dir=self.save_dir))
             self.attached_copy = False
         return _LightningWandbLogger.experiment.fget(self)
+
+
+def finish_wandb_runs(loggers: Iterable[Logger], exit_code: int = 0) -> list[str]:
+    """Finish the W&B runs that ``loggers`` started; return their ids.
+
+    Lightning's ``WandbLogger`` never finishes its run: wandb's exit hook does, as the process
+    exits, and an offline run's exit record can reach its file long after (a ``wandb sync``
+    started right away would upload an open run). ``run.finish`` writes it now. A logger whose
+    run was never created starts none here; other loggers are left alone.
+
+    Args:
+        loggers: The Trainer's loggers.
+        exit_code: 0 marks the runs finished, anything else failed.
+
+    Example:
+        >>> finish_wandb_runs([CSVLogger("logs")])  # no W&B logger: nothing to finish
+        []
+    """
+    if "wandb" not in sys.modules:  # nothing imported wandb, so no run was started
+        return []
+    import wandb
+
+    run = wandb.run  # the run a WandbLogger created or reused; its `version` is that run's id once created
+    finished = []
+    for logger in loggers:
+        if isinstance(logger, _LightningWandbLogger) and run is not None and logger.version == run.id:
+            run.finish(exit_code=exit_code)
+            finished.append(run.id)
+            run = wandb.run
+    return finished
 
 
 class SaveConfigToLoggers(SaveConfigCallback):

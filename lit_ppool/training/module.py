@@ -242,13 +242,7 @@ class PPoolSegmentationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
-        self.model = create_model(  # smp.create_model, offline-safe, or with a local weights file
-            archs[arch.lower()],
-            encoder_name=encoder_name,
-            encoder_weights=encoder_weights,
-            classes=num_classes,
-            **(model_kwargs or {}),
-        )
+        self.model = self._create_smp_model()  # smp.create_model, offline-safe, or with a local weights file
         pooling_kwargs = dict(pooling_kwargs or {})
         example_input = None
         if target.needs_channels or pooling_kwargs.get("num_channels") == "auto":
@@ -277,6 +271,51 @@ class PPoolSegmentationModule(L.LightningModule):
         self.class_names = tuple(f"class_{i}" for i in range(num_classes))
         self.val_metrics = self._stage_metrics("val/")
         self.test_metrics = self._stage_metrics("test/")
+
+    def _create_smp_model(self) -> nn.Module:
+        """The smp model of the hyperparameters, with its ``encoder_weights`` (:func:`create_model`)."""
+        hparams = self.hparams
+        archs = {name.lower(): name for name in available_archs()}
+        return create_model(
+            archs[hparams.arch.lower()],
+            encoder_name=hparams.encoder_name,
+            encoder_weights=hparams.encoder_weights,
+            classes=hparams.num_classes,
+            **(hparams.model_kwargs or {}),
+        )
+
+    def load_pretrained_weights(self) -> list[str]:
+        """Load ``encoder_weights`` into the encoder of a model built without them; return the keys loaded.
+
+        For a model built under :func:`~lit_ppool.training.weights.skip_pretrained_weights` that gets
+        no checkpoint after all (``lit-ppool fit --ckpt_path last`` with no run to resume): it then
+        equals the model built with its weights. The swapped pooling layers keep their parameters,
+        and torch's random state is left as it was. Nothing is loaded when ``encoder_weights`` is None.
+
+        Raises:
+            WeightsUnavailableError: (a :class:`ConfigError`) if the weights are neither cached nor downloadable.
+            ConfigError: If ``encoder_weights`` names a file that is missing or does not match.
+
+        Example:
+            >>> module = PPoolSegmentationModule(encoder_name="resnet18", encoder_weights=None, num_classes=2)
+            >>> module.load_pretrained_weights()  # encoder_weights=None: nothing to load
+            []
+        """
+        if self.hparams.encoder_weights in (None, False):
+            return []
+        with torch.random.fork_rng(devices=[]):  # the model's own random init is already drawn
+            source = self._create_smp_model()
+        weights, own_keys = source.encoder.state_dict(), self.model.encoder.state_dict().keys()
+        swapped = tuple(f"{name.removeprefix('encoder.')}." for name in self.swapped_layers)
+        unexplained = [key for key in weights.keys() ^ own_keys if not key.startswith(swapped)]
+        if unexplained:
+            raise RuntimeError(
+                f"Expected the pretrained encoder to differ from this model's only in the swapped pooling layers "
+                f"{self.swapped_layers}, but these keys differ too: {unexplained[:5]}. Build the module with its "
+                "weights instead (outside skip_pretrained_weights)."
+            )
+        self.model.encoder.load_state_dict(weights, strict=False)  # strict=False: the swapped layers' own keys
+        return list(weights)
 
     def _stage_metrics(self, prefix: str) -> MetricCollection:
         """The metrics of one stage; the per-class ones are ``ClasswiseWrapper`` s labelled by :attr:`class_names`."""

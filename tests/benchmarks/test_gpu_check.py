@@ -18,6 +18,7 @@ from helpers.tiny import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from gpu_check_sections import op_timings  # noqa: E402
 from gpu_check_summary import write_summary  # noqa: E402
 
 
@@ -70,8 +71,8 @@ def _fabricated_results() -> dict:
     step = {"encoder": "resnet34", "mode": "eager", "swapped": 1, "max_ms": 100.0, "p_ms": 102.0,
             "max_first_step_s": 3.0, "p_first_step_s": 3.5}
     return {
-        "meta": {"date": "2026-12-02T10:00:00", "device": "NVIDIA H200", "python": "3.12.3", "torch": "2.11.0",
-                 "triton": "3.6.0", "quick": False, "budget_s": 500, "wall_s": 345.6},
+        "meta": {"date": "2026-12-02T10:00:00", "device": "NVIDIA H200", "cuda": True, "python": "3.12.3",
+                 "torch": "2.11.0", "triton": "3.6.0", "quick": False, "budget_s": 500, "wall_s": 345.6},
         "sections": {
             "parity": {"status": "ok", "seconds": 50.0, "result": {"cases": 384, "total": 384, "failures": []}},
             "cuda_tests": {"status": "failed", "seconds": 30.0, "error": None,
@@ -82,7 +83,8 @@ def _fabricated_results() -> dict:
                                                   "errors": {"output": 1e-3, "grad input": 2e-3}, "allowed": 1.6e-2,
                                                   "grad_alpha_finite": True}]}},
             "op_timings": {"status": "ok", "seconds": 80.0,
-                           "result": {"shape": [32, 64, 256, 256], "warmup": 5, "reps": 20, "rows": _op_rows(1.1)}},
+                           "result": {"shape": [32, 64, 256, 256], "warmup": 5, "reps": 20, "timer": "CUDA events",
+                                      "rows": _op_rows(1.1)}},
             "model_steps": {"status": "ok", "seconds": 90.0,
                             "result": {"batch": [8, 3, 512, 512], "precision": "bf16-mixed", "rows": [
                                 step, {**step, "encoder": "vgg16", "swapped": 5, "p_ms": 110.0}]}},
@@ -102,7 +104,9 @@ def test_summary_tables_and_targets(tmp_path):
     assert "| fit | skipped | 0.0 | out of time: 5 s of the budget left |" in markdown
     assert "384 of 384 cases run" in markdown
     assert "| nchw | (1, 64, 5800, 5800) | 2,152,960,000 | 1.0e-03 | 2.0e-03 | 1.6e-02 | True |" in markdown
+    assert "(CUDA events, median of 20 after 5 warm-up)" in markdown
     assert "| VGG 2x2 s2 | lit_ppool p_pool2d | 0.550 | 1.10 | 1.100 | 1.10 | 8.0 MiB | 1.25 fwd, 2.50 bwd |" in markdown
+    assert "CPU smoke run" not in markdown
     assert "| resnet34 | eager | 1 | 100.0 | 102.0 | 1.020 | 3.0 / 3.5 |" in markdown
     targets = markdown.split("**Against the targets**")[1]
     assert "| CUDA forward+backward <= 1.2x F.max_pool2d, float32, nchw (VGG / stem) | 1.10x / 1.10x | met |" in targets
@@ -110,6 +114,27 @@ def test_summary_tables_and_targets(tmp_path):
     assert "| Unet resnet34 step, P <= 1.03x max pooling, eager | 1.020x | met |" in targets
     assert "| Unet vgg16 step, P <= 1.03x max pooling, eager | 1.100x | missed |" in targets
     assert "| Unet vgg16 step, P <= 1.03x max pooling, compiled | - | not measured |" in targets
+
+
+def test_summary_of_a_cpu_run_gives_no_verdict(tmp_path):
+    results = _fabricated_results()
+    results["meta"].update(device="CPU (x86_64), no CUDA device", cuda=False, quick=True)
+    results["sections"]["op_timings"]["result"]["timer"] = "host clock, CPU"
+    markdown = write_summary(results, tmp_path)
+    assert "**CPU smoke run, no verdict**: no CUDA device" in markdown.split("| section |")[0]
+    assert "(host clock, CPU, median of 20 after 5 warm-up)" in markdown
+    assert "CUDA events" not in markdown
+    targets = markdown.split("**Against the targets**")[1]
+    assert targets.strip() == "CPU smoke run, no verdict: the targets are for CUDA timings."
+    for verdict in ("| met |", "| missed |", "not measured"):
+        assert verdict not in markdown
+
+
+def test_quick_op_timings_say_which_clock_they_used():
+    result = {}
+    op_timings(True, float("inf"), result)
+    assert result["timer"] == ("CUDA events" if torch.cuda.is_available() else "host clock, CPU")
+    assert {row["pooling"] for row in result["rows"]} == {"F.max_pool2d", "F.avg_pool2d", "lit_ppool p_pool2d"}
 
 
 def test_summary_of_a_run_that_measured_nothing(tmp_path):

@@ -241,6 +241,52 @@ def test_known_third_party_deprecations_are_filtered_narrowly():
     assert [str(w.message) for w in caught] == ["'set_vital' is deprecated, please do not call", "something else is deprecated"]
 
 
+LITLOGGER_TIP = ("💡 Tip: For seamless cloud logging and experiment tracking, try installing "
+                 "[litlogger](https://pypi.org/project/litlogger/) to enable LitLogger, ...")
+LITMODELS_TIP = ("💡 Tip: For seamless cloud uploads and versioning, try installing "
+                 "[litmodels](https://pypi.org/project/litmodels/) to enable LitModelCheckpoint, ...")
+
+
+def _log_record(message: str, module: str) -> logging.LogRecord:
+    return logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, f"/site-packages/{module}.py", 90,
+                             message, None, None)
+
+
+def test_known_third_party_advertising_is_filtered_narrowly():
+    _quiet_known_warnings()
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    records = [
+        _log_record(LITLOGGER_TIP, "logger_connector"),
+        _log_record(LITMODELS_TIP, "callback_connector"),
+        _log_record(LITLOGGER_TIP, "my_code"),  # elsewhere: kept
+        _log_record("GPU available: False, used: False", "logger_connector"),  # kept
+    ]
+    assert [record.getMessage() for record in records if logger.filter(record)] == [
+        LITLOGGER_TIP, "GPU available: False, used: False"]
+
+
+def test_lightning_prints_no_advertising_after_the_cli_set_up(tmp_path):
+    import lightning as L
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from lightning.pytorch.loggers import CSVLogger
+
+    _quiet_known_warnings()
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append((record.module, record.getMessage()))
+    lightning_logger = logging.getLogger("lightning.pytorch")  # where Lightning's rank-zero messages are printed
+    lightning_logger.addHandler(handler)
+    try:
+        trainer = L.Trainer(logger=CSVLogger(tmp_path), default_root_dir=tmp_path, max_epochs=1, limit_train_batches=1,
+                            limit_val_batches=0, enable_model_summary=False, enable_progress_bar=False)
+        trainer.fit(BoringModel())  # the default ModelCheckpoint: Lightning's litmodels tip
+    finally:
+        lightning_logger.removeHandler(handler)
+    assert any(message.startswith("GPU available") for _, message in seen)  # the other lines still come through
+    assert ("fit_loop", "`Trainer.fit` stopped: `max_epochs=1` reached.") in seen
+    assert not [message for _, message in seen if "Tip:" in message or "litlogger" in message or "litmodels" in message]
+
+
 def test_console_script_version_in_a_fresh_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "lit_ppool.cli", "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == f"lit-ppool {__version__}"

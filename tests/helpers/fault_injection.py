@@ -32,6 +32,17 @@ class KillAtStep(Callback):
             _sigkill()
 
 
+class RaiseAtStep(Callback):
+    """Raise a ``RuntimeError`` at the end of global step ``step``: a run that fails with an exception."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"injected failure at step {self.step}")
+
+
 class SaveFinalState(Callback):
     """At the end of fit, write everything a resumed run must reproduce to ``path``."""
 

@@ -15,6 +15,7 @@ from lit_ppool import (
     save_pretrained,
     swap_pooling,
 )
+from lit_ppool.layers.baselines import AveragePool2d
 from lit_ppool.layers.same import SamePadPool2d
 from lit_ppool.sharing import NotASavedModelError, SavedModelError
 
@@ -132,12 +133,58 @@ def test_baked_to_average_is_recorded(tmp_path):
     _assert_same_model(from_pretrained(tmp_path), model)
 
 
-def test_smp_loader_fails_and_the_files_say_which_loader_to_use(tmp_path):
+def _swap_then_maybe_bake(model, setup):
+    if setup == "baked to avg":  # alpha 0: bakes into average pooling, no weights of its own
+        swap_pooling(model, "p", alpha_init=0.0)
+        assert len(bake_pooling(model, X)) == 1
+    elif setup == "per-channel p":
+        swap_pooling(model, "p", num_channels="auto", example_input=X)
+    else:
+        swap_pooling(model, setup, example_input=X)
+
+
+@pytest.mark.parametrize("setup", ["p", "per-channel p", "avg", "softpool", "baked to avg"])
+def test_smp_loader_refuses_a_swapped_folder_and_names_lit_ppools(setup, tmp_path):
+    model = _unet()
+    _swap_then_maybe_bake(model, setup)
+    save_pretrained(model, tmp_path)
+    with pytest.raises(AttributeError, match="'Unet with swapped pooling: load it with lit_ppool.from_pretrained'"):
+        smp.from_pretrained(str(tmp_path))  # smp's own loader, as a user of the folder would call it
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["lit_ppool"]["model_class"] == "Unet" and config["lit_ppool"]["format"] == 2
+    _assert_same_model(from_pretrained(tmp_path), model)
+
+
+@pytest.mark.parametrize("setup", ["nothing swapped", "swapped to max", "baked to max"])
+def test_smp_loader_rebuilds_a_folder_with_smps_own_pooling_exactly(setup, tmp_path):
+    model = _unet()
+    if setup == "swapped to max":
+        assert len(swap_pooling(model, "max")) == 1
+    elif setup == "baked to max":
+        swap_pooling(model, "p", alpha_init=100.0)
+        assert len(bake_pooling(model, X, atol=1.0)) == 1
+    save_pretrained(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["_model_class"] == "Unet"
+    _assert_same_model(smp.from_pretrained(str(tmp_path)).eval(), model)
+    _assert_same_model(from_pretrained(tmp_path), model)
+
+
+def test_folders_of_format_1_still_load(tmp_path):
+    model = _unet()
+    swap_pooling(model, "avg")
+
+    def as_format_1(config):  # what lit_ppool wrote before the folder named its loader to smp
+        config["_model_class"] = config["lit_ppool"].pop("model_class")
+        config["lit_ppool"]["format"] = 1
+
+    _edit_config(save_pretrained(model, tmp_path), as_format_1)
+    _assert_same_model(from_pretrained(tmp_path), model)
+
+
+def test_the_files_say_which_loader_to_use(tmp_path):
     model = _unet()
     swap_pooling(model, "p")
     save_pretrained(model, tmp_path)
-    with pytest.raises(RuntimeError, match="encoder.maxpool.alpha_raw"):
-        smp.from_pretrained(str(tmp_path))
     assert "lit_ppool.from_pretrained" in (tmp_path / "config.json").read_text().splitlines()[1]
     card = (tmp_path / "README.md").read_text().splitlines()
     assert card[0] == "---" and any("Load with `lit_ppool.from_pretrained" in line for line in card[:14])
@@ -200,8 +247,11 @@ def test_config_from_a_newer_lit_ppool_with_an_unknown_pooling(saved):
     message = str(excinfo.value)
     assert _one_line(excinfo) and isinstance(excinfo.value, ValueError)
     assert all(part in message for part in (str(saved / "config.json"), "'quantum'", "9.0.0", "Upgrade lit_ppool", "softpool"))
-    _edit_config(saved, lambda config: config["lit_ppool"].update(format=2))
-    with pytest.raises(SavedModelError, match="format <= 1, but got 2"):
+    _edit_config(saved, lambda config: config["lit_ppool"].update(format=3))
+    with pytest.raises(SavedModelError, match="format <= 2, but got 3"):
+        from_pretrained(saved)
+    _edit_config(saved, lambda config: config["lit_ppool"].update(format=2, model_class="Unet3000"))
+    with pytest.raises(SavedModelError, match="Expected `model_class` in .* to be an smp architecture, but got 'Unet3000'"):
         from_pretrained(saved)
 
 
@@ -308,6 +358,51 @@ def test_export_onnx_from_a_checkpoint(trained_run, tmp_path, capsys):
     assert dims == ["batch", 3, "height", "width"]
     card = (tmp_path / "README.md").read_text()
     assert "opset 18" in card and "dynamic axes" in card and "| `encoder.maxpool` | p |" in card
+
+
+def _checkpoint_variant(ckpt, folder, variant):
+    """A copy of the trained checkpoint with alpha set for ``variant``, in a run folder of its own."""
+    checkpoint = torch.load(ckpt, weights_only=True)
+    key = "model.encoder.maxpool.alpha_raw"
+    if variant == "per-channel alpha":  # every channel its own alpha, average pooling (0) included
+        checkpoint["hyper_parameters"]["pooling_kwargs"] = {"num_channels": "auto"}
+        checkpoint["state_dict"][key] = torch.linspace(0.0, 8.0, 64)
+    elif variant == "baked":  # alpha 0: --bake makes it average pooling (count_include_pad=False, padding 1)
+        checkpoint["state_dict"][key] = torch.zeros(1)
+    else:
+        checkpoint["state_dict"][key] = torch.full((1,), 3.5)
+    path = folder / "checkpoints" / "variant.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("variant", ["per-layer alpha", "per-channel alpha", "baked"])
+def test_exported_onnx_matches_torch_at_the_traced_size_and_two_others(variant, trained_run, tmp_path, capsys):
+    import onnxruntime
+
+    from lit_ppool import PPoolSegmentationModule
+    from lit_ppool.export import main
+
+    ckpt = _checkpoint_variant(trained_run[0], tmp_path / "run", variant)
+    args = ["--ckpt_path", str(ckpt), "--output", str(tmp_path / "onnx"), "--format", "onnx", "--example_size", "64", "64"]
+    assert main([*args, "--bake"] if variant == "baked" else args) == 0
+    assert "onnx.checker passed; onnxruntime" in capsys.readouterr().out
+    model = PPoolSegmentationModule.load_from_checkpoint(ckpt, map_location="cpu").model.eval()
+    if variant == "baked":
+        assert type(bake_pooling(model, torch.rand(1, 3, 64, 64))[0].new) is AveragePool2d
+    else:
+        assert isinstance(model.encoder.maxpool, PPool2d) and model.encoder.maxpool.alpha.numel() == (
+            64 if variant == "per-channel alpha" else 1)
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    torch.manual_seed(0)
+    for shape in [(1, 3, 64, 64), (2, 3, 96, 64), (1, 3, 128, 160)]:  # the traced size, then other batch, height, width
+        x = torch.rand(shape)
+        (logits,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            expected = model(x)
+        assert logits.shape == tuple(expected.shape)
+        torch.testing.assert_close(torch.from_numpy(logits), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):

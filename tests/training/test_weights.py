@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 from lit_ppool import PPoolSegmentationModule, SyntheticDetailDataModule
-from lit_ppool.cli import main
+from lit_ppool.cli import main, run_cli
 from lit_ppool.training.errors import ConfigError
-from lit_ppool.training.weights import WeightsUnavailableError, create_model, load_encoder_weights
+from lit_ppool.training.weights import WeightsUnavailableError, create_model, load_encoder_weights, skip_pretrained_weights
 
 from helpers.tiny import QUICKSTART, ROOT
 
@@ -244,8 +244,6 @@ def test_load_from_checkpoint_is_weights_only_by_default(tmp_path, imagenet_chec
 def test_cli_test_with_a_checkpoint_downloads_nothing_and_fit_fails_in_one_line(hub, imagenet_checkpoint, tmp_path, monkeypatch, capsys):
     path, _ = imagenet_checkpoint
     monkeypatch.chdir(tmp_path)
-    from lit_ppool.cli import run_cli
-
     cli = run_cli(["test", *CLI_TINY, "--model.encoder_weights=imagenet", f"--ckpt_path={path}"])
     assert "test/mIoU" in cli.trainer.callback_metrics
     with pytest.raises(SystemExit) as info:
@@ -254,6 +252,88 @@ def test_cli_test_with_a_checkpoint_downloads_nothing_and_fit_fails_in_one_line(
     err = capsys.readouterr().err
     assert "smp-hub/resnet18.imagenet" in err and "HF_HUB_OFFLINE is set" in err and "Traceback" not in err
     assert not (tmp_path / "checkpoints").exists()
+
+
+OFFLINE_CONFIG = """\
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  max_epochs: 1
+  limit_train_batches: 2
+  limit_val_batches: 1
+  limit_test_batches: 1
+  limit_predict_batches: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  logger:
+    - class_path: lightning.pytorch.loggers.CSVLogger
+      init_args: {save_dir: runs, name: offline}
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {save_last: true}
+model:
+  arch: Unet
+  encoder_name: resnet18
+  encoder_weights: imagenet
+  model_kwargs: {decoder_channels: [32, 16, 16, 8, 8]}
+data:
+  class_path: lit_ppool.SyntheticDetailDataModule
+  init_args: {image_size: 32, train_size: 4, val_size: 2, test_size: 2, batch_size: 2, eval_batch_size: 2}
+"""
+
+
+def test_every_ckpt_path_command_runs_offline_with_an_empty_cache(hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "offline.yaml").write_text(OFFLINE_CONFIG)
+    config = ["--config", str(tmp_path / "offline.yaml")]
+    run_cli(["fit", *config, "--model.encoder_weights=null"])
+    last = tmp_path / "runs" / "offline" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"]["encoder_weights"] = "imagenet"  # as a run from the ImageNet weights would say
+    torch.save(checkpoint, last)
+    trained = checkpoint["state_dict"]["model.encoder.conv1.weight"]
+
+    for stage in ("validate", "test"):  # offline, empty cache: nothing but the checkpoint to build from
+        cli = run_cli([stage, *config, "--ckpt_path", "last"])
+        assert torch.equal(cli.model.model.encoder.conv1.weight, trained)
+        assert (last.parent.parent / f"{stage}-last.json").is_file()
+    run_cli(["predict", *config, f"--ckpt_path={last}"])
+    assert len(list((last.parent.parent / "predictions" / "last").glob("*.png"))) == 2
+    resumed = run_cli(["fit", *config, "--ckpt_path", "last", "--trainer.max_epochs=2"])
+    assert resumed.trainer.global_step == 4  # two steps from the checkpoint, two more
+    from lit_ppool.export import main as export_main
+
+    assert export_main(["--ckpt_path", str(last), "--output", str(tmp_path / "exported")]) == 0
+    assert (tmp_path / "exported" / "model.safetensors").is_file()
+
+    # no run to resume: the pretrained weights are needed after all, and missing here
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info, pytest.warns(UserWarning, match="found no last.ckpt under 'runs/fresh'"):
+        main(["fit", *config, "--ckpt_path", "last", "--trainer.logger.init_args.name=fresh"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "smp-hub/resnet18.imagenet" in err and "HF_HUB_OFFLINE is set" in err and "Traceback" not in err
+
+
+def test_pretrained_weights_loaded_later_give_the_model_built_with_them(hub):
+    state = random_encoder_state()
+    for filename, content in (("config.json", json.dumps({"mean": [0.5] * 3}).encode()), ("model.safetensors", state)):
+        cache_file(hub, SMP_REPO["repo_id"], SMP_REPO["revision"], filename, content)
+    model = {**TINY, "encoder_weights": "imagenet", "pooling": "gated"}  # gated: the swap draws random numbers too
+    torch.manual_seed(0)
+    built_with = PPoolSegmentationModule(**model)
+    random_after_build = torch.rand(3)
+    torch.manual_seed(0)
+    with skip_pretrained_weights():
+        built_without = PPoolSegmentationModule(**model)
+    assert not torch.equal(built_without.model.encoder.conv1.weight, state["conv1.weight"])
+    loaded = built_without.load_pretrained_weights()
+    assert sorted(loaded) == sorted(state)
+    assert torch.equal(torch.rand(3), random_after_build)  # torch's random state as if built once
+    assert built_with.state_dict().keys() == built_without.state_dict().keys()
+    for key, value in built_with.state_dict().items():
+        assert torch.equal(built_without.state_dict()[key], value), key
+    assert PPoolSegmentationModule(**{**model, "encoder_weights": None}).load_pretrained_weights() == []
 
 
 # --- weights_only everywhere ------------------------------------------------------------------------
