@@ -132,7 +132,7 @@ def main() -> None:
         print(f"{name}: first two steps {first:.1f} s", flush=True)
 
     for _ in range(args.rounds):  # interleaved rounds: drift hits every variant alike
-        for name, (step, custom, _, times) in variants.items():
+        for _name, (step, custom, _, times) in variants.items():
             functional.select_function = (lambda input: CustomOpFunction) if custom else original
             started = time.perf_counter()
             step(images, labels)

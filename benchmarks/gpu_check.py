@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
 
-from gpu_check_sections import SECTIONS
-from gpu_check_summary import write_summary
+from gpu_check_sections import SECTIONS  # noqa: E402 (importable only after the sys.path line above)
+from gpu_check_summary import write_summary  # noqa: E402
 
 TOTAL_BUDGET_S = 500.0
 """Default time for all sections together (about 8.3 minutes), so that the run stays under 9."""

@@ -68,9 +68,10 @@ def parity(quick: bool, deadline: float, result: dict) -> None:
     import itertools
 
     import torch
-    from helpers.kernel_parity import cases, parity_failures
 
     from lit_ppool.kernels.triton_kernels import TritonPPool2dFunction
+
+    from helpers.kernel_parity import cases, parity_failures
 
     device = _torch_device()
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
@@ -215,11 +216,12 @@ def large_tensor(quick: bool, deadline: float, result: dict) -> None:
     """p_pool2d (stem 3x3 s2 p1) on a bfloat16 tensor of more than 2**31 elements, NCHW and channels-last:
     output and dL/dx of the first and last channel against the float64 reference run on those channels."""
     import torch
-    from helpers.kernel_parity import TOLERANCES
 
     from lit_ppool.functional import pool_geometry, pool_output_shape
     from lit_ppool.kernels.reference import PPool2dFunction
     from lit_ppool.kernels.triton_kernels import TritonPPool2dFunction
+
+    from helpers.kernel_parity import TOLERANCES
 
     device = _torch_device()
     shape = (1, 4, 40, 40) if quick else (1, 64, 5800, 5800)  # 2.15e9 elements > 2**31

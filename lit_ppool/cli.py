@@ -26,10 +26,10 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_ppool import __version__
-from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
-from lit_ppool.training.data.base import SegmentationDataModule
 from lit_ppool.kernels.dispatch import get_backend
 from lit_ppool.training.alpha_monitor import alpha_layers
+from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
+from lit_ppool.training.data.base import SegmentationDataModule
 from lit_ppool.training.loggers import SaveConfigToLoggers, finish_wandb_runs, resolve_wandb_mode
 from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
 from lit_ppool.training.runs import (

@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--ckpt_path", required=True, help="training checkpoint (e.g. <run>/checkpoints/last.ckpt)")
     parser.add_argument("--output", required=True, help="folder to write (created)")
-    parser.add_argument("--format", choices=["hub", "onnx"], default="hub", help="hub (default): config.json, model.safetensors, README.md; onnx: model.onnx, README.md")
+    parser.add_argument(
+        "--format", choices=["hub", "onnx"], default="hub", help="hub (default): config.json, model.safetensors, README.md; onnx: model.onnx, README.md"
+    )
     parser.add_argument("--bake", action="store_true", help="turn P-pooling layers whose alpha sits at a limit into native pooling (error measured)")
     parser.add_argument("--bake_atol", "--bake-atol", type=float, default=1e-4, help="largest max abs output difference a baked layer may make (default 1e-4)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")

@@ -45,7 +45,8 @@ rules above and are tested against the reference path run in float64.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence, Union
+from collections.abc import Sequence
+from typing import NamedTuple, Union
 
 import torch
 from torch import Tensor
@@ -55,7 +56,7 @@ from lit_ppool.kernels.dispatch import select_function
 
 __all__ = ["EPS", "PoolGeometry", "p_pool2d", "pool_geometry", "pool_output_shape", "pool_output_size"]
 
-_size_2_t = Union[int, Sequence[int]]
+_size_2_t = Union[int, Sequence[int]]  # noqa: UP007 (a runtime alias: kept a typing.Union, not a types.UnionType)
 
 
 class PoolGeometry(NamedTuple):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lit_ppool.compare.results import RunResult
 from lit_ppool.compare.stats import PairedDifference, paired_difference, summarize

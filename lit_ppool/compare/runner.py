@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from lit_ppool.compare.report import Comparison, write_report
 from lit_ppool.compare.results import RESULT_FILE, load_results

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 __all__ = ["PairedDifference", "Summary", "paired_difference", "student_t_quantile", "summarize"]
 
@@ -68,7 +68,7 @@ def _t_cdf_above_zero(x: float, dof: int, intervals: int = 4000) -> float:
     return total * h / 3
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def student_t_quantile(probability: float, dof: int) -> float:
     """The ``probability`` quantile (> 0.5) of Student's t distribution with ``dof`` degrees of freedom.
 

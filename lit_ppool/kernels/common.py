@@ -3,8 +3,6 @@
 The helpers are TorchScript-compatible (a scripted ``PPool2d`` compiles them).
 """
 
-from typing import List
-
 import torch
 from torch import Tensor
 
@@ -13,8 +11,8 @@ EPS = 1e-6
 
 
 def pad_amounts(
-    in_size: List[int], out_size: List[int], kernel: List[int], stride: List[int], padding: List[int], dilation: List[int]
-) -> List[int]:
+    in_size: list[int], out_size: list[int], kernel: list[int], stride: list[int], padding: list[int], dilation: list[int]
+) -> list[int]:
     """``F.pad`` amounts (left, right, top, bottom) so that every output window lies inside.
 
     The right/bottom amount covers ``ceil_mode`` windows that run past the symmetric
@@ -25,7 +23,7 @@ def pad_amounts(
     return [padding[1], max(right, 0), padding[0], max(bottom, 0)]
 
 
-def window(padded: Tensor, i: int, j: int, out_size: List[int], stride: List[int], dilation: List[int]) -> Tensor:
+def window(padded: Tensor, i: int, j: int, out_size: list[int], stride: list[int], dilation: list[int]) -> Tensor:
     """Strided view of ``padded`` holding element ``(i, j)`` of every window: output-sized, no copy."""
     h0 = i * dilation[0]
     w0 = j * dilation[1]

@@ -25,7 +25,6 @@ import time
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -62,8 +61,8 @@ class _NoCudaNotice(logging.Filter):
         return not str(record.msg).startswith("No CUDA runtime is found")
 
 
-@functools.lru_cache(maxsize=None)
-def load_extension() -> Optional[ModuleType]:
+@functools.cache
+def load_extension() -> ModuleType | None:
     """Build (first call on a machine) or load the CPU kernel; ``None`` if that is impossible."""
     capability = torch.backends.cpu.get_cpu_capability()
     # one build folder per ISA and per checkout: two checkouts (or installs) on one machine would

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -116,7 +116,7 @@ def select_function(input: Tensor) -> type[torch.autograd.Function]:
     return PPool2dFunction
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_available() -> bool:
     try:
         import triton  # noqa: F401

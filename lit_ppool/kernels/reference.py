@@ -14,7 +14,6 @@ derivative is the same function's, NaN-safe at padding).
 from __future__ import annotations
 
 import contextlib
-from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ def compute_dtype(input: Tensor, alpha: Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(input.dtype, alpha.dtype), torch.float32)
 
 
-def prepare(input: Tensor, alpha: Tensor, pads: List[int], eps: float = EPS) -> Tuple[Tensor, Tensor, Tensor]:
+def prepare(input: Tensor, alpha: Tensor, pads: list[int], eps: float = EPS) -> tuple[Tensor, Tensor, Tensor]:
     """Padded values, padded weight bases ``max(x, EPS)`` and broadcastable alpha, in the compute dtype.
 
     Padding is 0 in the bases while real bases are >= EPS (or NaN), so ``bases != 0`` marks
@@ -41,7 +40,7 @@ def prepare(input: Tensor, alpha: Tensor, pads: List[int], eps: float = EPS) -> 
 
 
 def window_max(
-    bases: Tensor, kernel: List[int], out_size: List[int], stride: List[int], dilation: List[int], eps: float = EPS
+    bases: Tensor, kernel: list[int], out_size: list[int], stride: list[int], dilation: list[int], eps: float = EPS
 ) -> Tensor:
     """Maximum of the bases over every window (at least EPS, also for a padding-only window)."""
     maximum = window(bases, 0, 0, out_size, stride, dilation)
@@ -54,8 +53,8 @@ def window_max(
 
 def log_ratio_and_weight(
     bases: Tensor, alpha: Tensor, maximum: Tensor, padded: bool, i: int, j: int,
-    out_size: List[int], stride: List[int], dilation: List[int],
-) -> Tuple[Tensor, Tensor]:
+    out_size: list[int], stride: list[int], dilation: list[int],
+) -> tuple[Tensor, Tensor]:
     """``log(x~/max)`` and the unnormalised weight ``(x~/max)^alpha`` of offset (i, j); both 0 on padding."""
     ratio = window(bases, i, j, out_size, stride, dilation) / maximum
     if not padded:
@@ -68,8 +67,8 @@ def log_ratio_and_weight(
 
 def normaliser_and_output(
     values: Tensor, bases: Tensor, alpha: Tensor, maximum: Tensor, padded: bool,
-    kernel: List[int], out_size: List[int], stride: List[int], dilation: List[int],
-) -> Tuple[Tensor, Tensor]:
+    kernel: list[int], out_size: list[int], stride: list[int], dilation: list[int],
+) -> tuple[Tensor, Tensor]:
     """``sum_i u_i`` and ``y = sum_i u_i x_i / sum_i u_i`` for every window."""
     total = torch.zeros_like(maximum)
     weighted = torch.zeros_like(maximum)
@@ -84,9 +83,9 @@ def normaliser_and_output(
 
 
 def p_pool2d_forward(
-    input: Tensor, alpha: Tensor, kernel: List[int], stride: List[int], padding: List[int],
-    dilation: List[int], out_size: List[int],
-) -> Tuple[Tensor, Tensor]:
+    input: Tensor, alpha: Tensor, kernel: list[int], stride: list[int], padding: list[int],
+    dilation: list[int], out_size: list[int],
+) -> tuple[Tensor, Tensor]:
     """Output (compute dtype) and window maximum for a 4-d ``input``; differentiable by autograd."""
     pads = pad_amounts([input.shape[-2], input.shape[-1]], out_size, kernel, stride, padding, dilation)
     padded = max(pads) > 0
@@ -106,7 +105,7 @@ class PPool2dFunction(torch.autograd.Function):
     """Autograd Function of the reference path. Inputs are validated by ``p_pool2d``."""
 
     @staticmethod
-    def forward(ctx, input: Tensor, alpha: Tensor, geometry, out_size: Tuple[int, int]) -> Tensor:
+    def forward(ctx, input: Tensor, alpha: Tensor, geometry, out_size: tuple[int, int]) -> Tensor:
         kernel, stride, padding, dilation = (list(pair) for pair in geometry[:4])
         with _no_autocast(input.device.type):
             output, maximum = p_pool2d_forward(input, alpha, kernel, stride, padding, dilation, list(out_size))

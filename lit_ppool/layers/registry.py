@@ -46,7 +46,7 @@ __all__ = [
     "resolve_pooling",
 ]
 
-PoolLayerType = Union[str, type, functools.partial, Callable[..., nn.Module]]
+PoolLayerType = Union[str, type, functools.partial, Callable[..., nn.Module]]  # noqa: UP007 (as _size_2_t)
 WithPadding = Callable[[Any, Tensor, _size_2_t, bool], Tensor]
 _GEOMETRY_KEYWORDS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 

@@ -1,5 +1,7 @@
 """Training: the LightningModule, datamodules, metrics and prediction writer behind `lit-ppool`."""
 
+from lit_ppool.training.alpha_monitor import AlphaMonitor
+from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
 from lit_ppool.training.data import (
     ADE20KDataModule,
     CamVidDataModule,
@@ -11,8 +13,6 @@ from lit_ppool.training.data import (
     SyntheticTexturesDataModule,
     VOCDataModule,
 )
-from lit_ppool.training.alpha_monitor import AlphaMonitor
-from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
 from lit_ppool.training.faults import NonFiniteLossError
 from lit_ppool.training.metrics import BoundaryIoU, TrimapJaccardIndex
 from lit_ppool.training.module import ConfigError, PPoolSegmentationModule

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import lightning as L
 import segmentation_models_pytorch as smp

@@ -61,7 +61,8 @@ FAULTS = {
                       r"label image '.*2007_000003\.png' to have the size \(H, W\) of its image '.*2007_000003\.jpg', \(40, 48\), but got \(30, 48\)"),
     "label out of range": ("SegmentationClass/2007_000003.png", lambda p: write_labels(p, [0, 42, 21]), BadSampleError,
                            r"labels of '.*2007_000003\.png' to be in \[0, 21\) or the ignore_index 255, but got \[21, 42\]"),
-    "rgb mask": ("SegmentationClass/2007_000003.png", rgb_mask, BadSampleError, r"single-channel label image \(class indices\), but got shape \(40, 48, 3\) in '.*2007_000003\.png'"),
+    "rgb mask": ("SegmentationClass/2007_000003.png", rgb_mask, BadSampleError,
+                 r"single-channel label image \(class indices\), but got shape \(40, 48, 3\) in '.*2007_000003\.png'"),
 }  # fmt: skip
 
 

@@ -14,7 +14,6 @@ from lit_ppool.training.data.checks import check_labels
 
 from helpers.tiny import TINY_MODEL
 
-
 # functions whose result the host must wait for when the tensor lives on a GPU
 _SYNCING = {
     torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__int__, torch.Tensor.__float__,

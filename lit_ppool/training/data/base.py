@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -29,12 +30,12 @@ from lit_ppool.training.data.checks import (
     invalid_raw_labels,
     load_or_skip,
 )
-from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms, pad_collate, train_transforms
+from lit_ppool.training.errors import ConfigError
 
 __all__ = ["IGNORE_INDEX", "SegmentationDataModule", "SegmentationFileDataset", "Sample", "check_batch_labels", "check_layout", "label_lut"]
 
-Sample = tuple[Path, Optional[Path], str]
+Sample = tuple[Path, Path | None, str]
 """``(image path, mask path or None, name)`` of one sample."""
 
 

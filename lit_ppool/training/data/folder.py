@@ -20,15 +20,16 @@ image's, or a label value that no class has.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
@@ -49,7 +50,7 @@ class DatasetLayoutError(ConfigError):
     """A dataset folder whose files do not pair up or split as configured (a ``ConfigError``)."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def image_suffixes() -> frozenset[str]:
     """File suffixes of the formats PIL can open (lower case, with the dot; save-only formats such as PDF left out)."""
     return frozenset(suffix.lower() for suffix, name in Image.registered_extensions().items() if name in Image.OPEN)
@@ -544,11 +545,12 @@ class FolderDataModule(SegmentationDataModule):
         for split, samples in self.samples.items():
             dataset = self._dataset(samples)
 
+            # B023: check runs only within this iteration (pool.map is drained before the next)
             def check(index: int) -> tuple[str, str] | None:
                 try:
-                    dataset.check(index)
+                    dataset.check(index)  # noqa: B023
                 except BadSampleError as err:
-                    return err.path or str(samples[index][0]), str(err)
+                    return err.path or str(samples[index][0]), str(err)  # noqa: B023
                 return None
 
             with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
