@@ -45,6 +45,10 @@ FORMAT_VERSION = 2
 SMP_REFUSAL = "{model_class} with swapped pooling: load it with lit_ppool.from_pretrained"
 """The ``_model_class`` of a swapped model's folder: no smp class, so ``smp.from_pretrained`` stops with an
 ``AttributeError`` that names it (``getattr(smp, _model_class)`` in smp 0.5 and 0.6)."""
+
+ENCODER_REFUSAL = "{encoder_name} (swapped pooling: load it with lit_ppool.from_pretrained)"
+"""The ``encoder_name`` of a swapped model's folder (the real one is in the section): smp's class methods
+(``smp.Unet.from_pretrained``), which do not read ``_model_class``, stop at an encoder name smp does not know."""
 SECTION = "lit_ppool"
 NOTE_KEY = "_lit_ppool_note"  # smp drops config keys starting with "_" before building the model
 _GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
@@ -263,9 +267,11 @@ def save_pretrained(
     if swaps:  # a folder that smp.from_pretrained refuses, saying which loader rebuilds it
         model_class = config["_model_class"]
         section = {"version": _version(), "format": FORMAT_VERSION, "loader": "lit_ppool.from_pretrained",
-                   "model_class": model_class, "swaps": swaps}
+                   "model_class": model_class, "encoder_name": config["encoder_name"], "swaps": swaps}
+        # smp.Unet.from_pretrained (the class method) skips _model_class: an encoder name smp does not know
+        # stops it too, with an error that names the loader
         config = {NOTE_KEY: _load_note(), **config, "_model_class": SMP_REFUSAL.format(model_class=model_class),
-                  SECTION: section}
+                  "encoder_name": ENCODER_REFUSAL.format(encoder_name=config["encoder_name"]), SECTION: section}
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     (folder / CARD_NAME).write_text(card)
     return folder
@@ -496,8 +502,11 @@ def _build_smp_model(config: Mapping[str, Any], section: Mapping[str, Any] | Non
     cls = getattr(smp, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, SegmentationModel)):
         raise SavedModelError(f"Expected `{key}` in {path} to be an smp architecture, but got {name!r}.")
+    kwargs = _smp_kwargs(config)
+    if section is not None and "encoder_name" in section:  # see ENCODER_REFUSAL
+        kwargs["encoder_name"] = section["encoder_name"]
     try:
-        return cls(**_smp_kwargs(config))
+        return cls(**kwargs)
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
         raise SavedModelError(f"Expected {path} to hold valid {cls.__name__} arguments, but building it failed: {err}") from None
 

@@ -150,8 +150,11 @@ def test_smp_loader_refuses_a_swapped_folder_and_names_lit_ppools(setup, tmp_pat
     save_pretrained(model, tmp_path)
     with pytest.raises(AttributeError, match="'Unet with swapped pooling: load it with lit_ppool.from_pretrained'"):
         smp.from_pretrained(str(tmp_path))  # smp's own loader, as a user of the folder would call it
+    with pytest.raises(KeyError, match=r"swapped pooling: load it with lit_ppool\.from_pretrained"):
+        smp.Unet.from_pretrained(str(tmp_path))  # smp's class method, which does not read _model_class
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["lit_ppool"]["model_class"] == "Unet" and config["lit_ppool"]["format"] == 2
+    assert config["lit_ppool"]["encoder_name"] == "resnet18"
     _assert_same_model(from_pretrained(tmp_path), model)
 
 
