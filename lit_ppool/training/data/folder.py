@@ -131,6 +131,15 @@ def split_digest(samples: Sequence[Sample]) -> str:
     return f"{len(samples)} samples, sha256 {hashlib.sha256(stems.encode()).hexdigest()[:12]}"
 
 
+def _sample_problem(dataset: SegmentationFileDataset, index: int) -> str | None:
+    """Why sample ``index`` of ``dataset`` is bad (:meth:`~SegmentationFileDataset.check`), or ``None``."""
+    try:
+        dataset.check(index)
+    except BadSampleError as err:
+        return str(err)
+    return None
+
+
 def _names(items: Sequence[str], limit: int = 5) -> str:
     """The first ``limit`` items, quoted, and how many more."""
     shown = ", ".join(repr(item) for item in list(items)[:limit])
@@ -541,34 +550,23 @@ class FolderDataModule(SegmentationDataModule):
     def _check_every_file(self) -> None:
         """Decode every sample once (threads: PIL releases the GIL); raise or skip, reporting every bad file."""
         started = time.perf_counter()
-        bad: dict[str, tuple[str, str]] = {}
+        bad: dict[tuple[str, str], str] = {}  # (split, stem) -> problem
         for split, samples in self.samples.items():
-            dataset = self._dataset(samples)
-
-            # B023: check runs only within this iteration (pool.map is drained before the next)
-            def check(index: int) -> tuple[str, str] | None:
-                try:
-                    dataset.check(index)  # noqa: B023
-                except BadSampleError as err:
-                    return err.path or str(samples[index][0]), str(err)  # noqa: B023
-                return None
-
             with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-                for sample, problem in zip(samples, pool.map(check, range(len(samples)))):
-                    if problem is not None:
-                        bad[sample[2] + "@" + split] = problem
+                problems = pool.map(functools.partial(_sample_problem, self._dataset(samples)), range(len(samples)))
+                bad.update({(split, stem): problem for (_, _, stem), problem in zip(samples, problems) if problem})
         count = sum(len(s) for s in self.samples.values())
         rank_zero_info(f"lit_ppool: checked {count} images and masks under {str(self.root)!r} in {time.perf_counter() - started:.1f} s")
         if not bad:
             return
-        problems = [problem for _, problem in bad.values()]
+        problems = list(bad.values())
         if self.on_bad_sample == "raise":
             raise DatasetLayoutError(
                 f"Expected every image and mask under {str(self.root)!r} to be usable, but {len(bad)} of {count} samples "
                 f"are not: {' '.join(problems[:3])}{' ...' if len(problems) > 3 else ''} Fix these files, or pass "
                 "on_bad_sample='skip' to leave them out."
             )
-        self.samples = {split: [s for s in samples if s[2] + "@" + split not in bad] for split, samples in self.samples.items()}
+        self.samples = {split: [s for s in samples if (split, s[2]) not in bad] for split, samples in self.samples.items()}
         warnings.warn(
             f"lit_ppool: on_bad_sample='skip' left out {len(bad)} of {count} samples under {str(self.root)!r}:\n"
             + "\n".join(f"  {problem}" for problem in problems[:20]),
