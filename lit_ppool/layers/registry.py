@@ -35,7 +35,6 @@ from lit_ppool.layers.ppool import GlobalPPool2d, PPool2d, PPoolBase
 
 __all__ = [
     "GEOMETRY_KEYWORDS",
-    "GLOBAL_POOL_TYPES",
     "NATIVE_GLOBAL_POOL_TYPES",
     "NATIVE_POOL_TYPES",
     "POOLINGS",
@@ -149,18 +148,14 @@ REFERENCE_POOLING: str = next(name for name, spec in POOLING_SPECS.items() if sp
 NATIVE_POOL_TYPES: tuple[type, ...] = tuple(spec.native for spec in POOLING_SPECS.values() if spec.native)
 """torch's own windowed poolings of the table (``nn.MaxPool2d``, ``nn.AvgPool2d``): what surgery rebuilds."""
 
-GLOBAL_POOL_TYPES: tuple[type, ...] = tuple(spec.global_cls for spec in POOLING_SPECS.values() if spec.global_cls)
-"""The classes of the global forms (``nn.AdaptiveMaxPool2d``, ``nn.AdaptiveAvgPool2d``, :class:`GlobalPPool2d`)."""
-
 NATIVE_GLOBAL_POOL_TYPES: tuple[type, ...] = tuple(
     spec.global_cls for spec in POOLING_SPECS.values() if spec.native and spec.global_cls
 )
 """torch's own global poolings of the table (``nn.AdaptiveMaxPool2d``, ``nn.AdaptiveAvgPool2d``): what surgery
 rebuilds when asked."""
 
-# Exact class -> spec, for the layer classes and the global forms' classes. A native class that is not
-# the spec's own (torch's nn.AvgPool2d, given as a class or built) shares its global form and padding
-# rule, under no name: it is torch's layer, not the table's.
+# Exact layer class -> spec. A native class that is not the spec's own (torch's nn.AvgPool2d, given as a
+# class or built) shares its global form and padding rule, under no name: it is torch's layer, not the table's.
 _BY_CLASS: dict[type, PoolingSpec] = {spec.cls: spec for spec in POOLING_SPECS.values()}
 _BY_CLASS.update(
     {
@@ -169,6 +164,7 @@ _BY_CLASS.update(
         if spec.native and spec.native is not spec.cls
     }
 )
+# Exact global form class -> spec (nn.AdaptiveMaxPool2d -> max, nn.AdaptiveAvgPool2d -> avg, GlobalPPool2d -> p).
 _BY_GLOBAL_CLASS: dict[type, PoolingSpec] = {spec.global_cls: spec for spec in POOLING_SPECS.values() if spec.global_cls}
 
 

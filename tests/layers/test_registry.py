@@ -9,7 +9,6 @@ from torch import nn
 from lit_ppool import available_poolings, create_pool2d, get_pool_layer
 from lit_ppool.layers import GlobalPPool2d, PPool2d
 from lit_ppool.layers.registry import (
-    GLOBAL_POOL_TYPES,
     NATIVE_GLOBAL_POOL_TYPES,
     NATIVE_POOL_TYPES,
     POOLING_SPECS,
@@ -148,7 +147,7 @@ def test_the_derived_maps_come_from_the_table():
     assert REFERENCE_POOLING == "max" and [name for name, spec in POOLING_SPECS.items() if spec.reference] == ["max"]
     assert NATIVE_POOL_TYPES == (nn.MaxPool2d, nn.AvgPool2d)
     assert NATIVE_GLOBAL_POOL_TYPES == (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
-    assert set(GLOBAL_POOL_TYPES) == {nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, GlobalPPool2d}
+    assert {spec.global_cls for spec in POOLING_SPECS.values()} == {nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, GlobalPPool2d, None}
     assert [name for name, spec in POOLING_SPECS.items() if spec.has_alpha] == ["p"]
     for spec in POOLING_SPECS.values():  # a native pooling's layer is (a subclass of) torch's own, and so is its global form
         assert spec.native is None or (issubclass(spec.cls, spec.native) and spec.global_cls.__module__.startswith("torch."))
