@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from lit_ppool.functional import pool_geometry
-from lit_ppool.layers.ppool import GlobalPPool2d, PPool2d, PPoolBase  # noqa: F401 (PPool2d: the doctests)
-from lit_ppool.layers.registry import POOLINGS, available_poolings, create_pool2d
+from lit_ppool.layers.ppool import PPool2d, PPoolBase  # noqa: F401 (PPool2d: the doctests)
+from lit_ppool.layers.registry import GEOMETRY_KEYWORDS, POOLING_SPECS, available_poolings, create_pool2d, spec_of
 from lit_ppool.layers.registry import global_pool as _global_pool
 from lit_ppool.layers.registry import is_global_pool as _is_global
 from lit_ppool.layers.same import SamePadPool2d
@@ -51,9 +51,6 @@ ENCODER_REFUSAL = "{encoder_name} (swapped pooling: load it with lit_ppool.from_
 (``smp.Unet.from_pretrained``), which do not read ``_model_class``, stop at an encoder name smp does not know."""
 SECTION = "lit_ppool"
 NOTE_KEY = "_lit_ppool_note"  # smp drops config keys starting with "_" before building the model
-_GEOMETRY = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
-_REGISTRY_NAMES = {cls: name for name, cls in POOLINGS.items()}
-_GLOBAL_NAMES = {nn.AdaptiveMaxPool2d: "max", nn.AdaptiveAvgPool2d: "avg"}
 
 
 class SavedModelError(ValueError):
@@ -91,21 +88,16 @@ def layer_record(module: nn.Module) -> dict[str, Any] | None:
     """
     same = isinstance(module, SamePadPool2d)
     inner = module.pool if same else module
-    if isinstance(inner, GlobalPPool2d) or (type(inner) in _GLOBAL_NAMES and _is_global(inner)):
-        name = "p" if isinstance(inner, GlobalPPool2d) else _GLOBAL_NAMES[type(inner)]
-        if getattr(inner, "return_indices", False):
-            return None
-        geometry: dict[str, Any] = {}
-        is_global = True
-    else:
-        name = _REGISTRY_NAMES.get(type(inner))
-        if name is None or getattr(inner, "return_indices", False):
-            return None
+    spec = spec_of(inner)  # by the exact class (the global form's for a global pool); torch's nn.AvgPool2d has no name
+    if spec is None or spec.name is None or getattr(inner, "return_indices", False):
+        return None
+    is_global = _is_global(inner)
+    geometry: dict[str, Any] = {}
+    if not is_global:
         defaults = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False}
-        geometry = {key: _jsonable(getattr(inner, key, defaults.get(key))) for key in _GEOMETRY}
-        is_global = False
+        geometry = {key: _jsonable(getattr(inner, key, defaults.get(key))) for key in GEOMETRY_KEYWORDS}
     options = inner.init_options() if hasattr(inner, "init_options") else {}
-    return {"pooling": name, "global": is_global, "same": same, "geometry": geometry, "options": options}
+    return {"pooling": spec.name, "global": is_global, "same": same, "geometry": geometry, "options": options}
 
 
 def _normalized(record: dict[str, Any] | None) -> Any:
@@ -127,8 +119,9 @@ def build_layer(record: Mapping[str, Any]) -> nn.Module:
     """
     options = dict(record.get("options") or {})
     if record.get("global"):
-        if record["pooling"] not in ("p", "max", "avg"):
-            raise ValueError(f"Expected a global pooling to be 'p', 'max' or 'avg', but got {record['pooling']!r}.")
+        forms = [name for name, spec in POOLING_SPECS.items() if spec.global_form is not None]
+        if record["pooling"] not in forms:
+            raise ValueError(f"Expected a global pooling to be one of {forms}, but got {record['pooling']!r}.")
         layer = _global_pool(record["pooling"], options)
     else:
         geometry = {key: tuple(v) if isinstance(v, list) else v for key, v in record["geometry"].items()}
@@ -516,10 +509,10 @@ def _apply_swaps(model: nn.Module, section: Mapping[str, Any], path: Path) -> No
     saved_by = section.get("version", "an unknown version")
     for swap in section["swaps"]:
         name = swap.get("name") if isinstance(swap, dict) else None
-        try:
-            parent_name, _, attr = name.rpartition(".")
-            parent = model.get_submodule(parent_name)
-            getattr(parent, attr)
+        try:  # a module of the model below it, as set_submodule(strict=True) needs
+            parent = model.get_submodule(name.rpartition(".")[0])
+            if not isinstance(getattr(parent, name.rpartition(".")[2]), nn.Module):
+                raise AttributeError(name)
         except (AttributeError, TypeError):
             raise SavedModelError(
                 f"Expected every swap in {path} to name a module of the {type(model).__name__}, but got {swap!r:.200}."
@@ -533,7 +526,7 @@ def _apply_swaps(model: nn.Module, section: Mapping[str, Any], path: Path) -> No
                 + (" Upgrade lit_ppool." if saved_by != _version() else "")
             ) from None
         layer.train(parent.training)
-        setattr(parent, attr, layer)
+        model.set_submodule(name, layer, strict=True)
 
 
 def _load_weights(model: nn.Module, folder: Path, config_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from lit_ppool.compare.results import RunResult
 from lit_ppool.compare.stats import PairedDifference, paired_difference, summarize
+from lit_ppool.layers.registry import REFERENCE_POOLING
 
 __all__ = ["CLASS_METRICS", "METRICS", "Comparison", "class_key", "write_report"]
 
@@ -43,7 +44,7 @@ class Comparison:
     """Run results grouped by pooling, in the order asked for; the first pooling is the reference."""
 
     def __init__(self, results: Sequence[RunResult], poolings: Sequence[str] | None = None) -> None:
-        found = sorted({r.pooling for r in results}, key=lambda name: (name != "max", name))
+        found = sorted({r.pooling for r in results}, key=lambda name: (name != REFERENCE_POOLING, name))
         self.poolings = [p for p in (poolings or found) if p in found] + [p for p in found if p not in (poolings or found)]
         self.results = {p: {r.seed: r for r in results if r.pooling == p} for p in self.poolings}
         self.reference = self.poolings[0] if self.poolings else None

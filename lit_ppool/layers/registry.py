@@ -2,10 +2,13 @@
 
 Everything lit_ppool knows about a pooling name lives in :data:`POOLING_SPECS`: its class
 (taking ``(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, **kwargs)`` by
-keyword), its global (whole-map) form, how to run a built layer with another padding (what
-dynamic "same" padding needs), whether it needs the channel count, whether it scripts and
-whether it learns. :func:`resolve_pooling` turns a name, a class or a ``functools.partial``
-into a :class:`ResolvedPooling` once, and every other function here goes through it.
+keyword), torch's own class it stands for, its global (whole-map) form, how to run a built
+layer with another padding (what dynamic "same" padding needs), whether it needs the channel
+count, whether it scripts and whether it learns, and which pooling is the reference. Every
+other map (class -> name, the global and native pooling types) is derived from it here.
+:func:`resolve_pooling` turns a name, a class or a ``functools.partial`` into a
+:class:`ResolvedPooling` once, and every other function here goes through it; :func:`spec_of`
+goes the other way, from a built layer to its entry.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ from lit_ppool.layers.baselines import (
     SoftPool2d,
     StridedConvPool2d,
 )
-from lit_ppool.layers.ppool import GlobalPPool2d, PPool2d
+from lit_ppool.layers.ppool import GlobalPPool2d, PPool2d, PPoolBase
 
 __all__ = [
+    "GEOMETRY_KEYWORDS",
+    "NATIVE_GLOBAL_POOL_TYPES",
+    "NATIVE_POOL_TYPES",
     "POOLINGS",
     "POOLING_SPECS",
+    "REFERENCE_POOLING",
     "PoolLayerType",
     "PoolingSpec",
     "ResolvedPooling",
@@ -44,11 +51,13 @@ __all__ = [
     "pool_requires_num_channels",
     "pool_with_padding",
     "resolve_pooling",
+    "spec_of",
 ]
 
 PoolLayerType = Union[str, type, functools.partial, Callable[..., nn.Module]]  # noqa: UP007 (as _size_2_t)
 WithPadding = Callable[[Any, Tensor, _size_2_t, bool], Tensor]
-_GEOMETRY_KEYWORDS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+GEOMETRY_KEYWORDS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+"""The keywords of ``nn.MaxPool2d``'s geometry, which every pooling of the table takes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +73,11 @@ class PoolingSpec:
         needs_channels: Its constructor needs ``num_channels`` (measured by a probe forward).
         scriptable: ``torch.jit.script`` compiles it.
         learnable: It has parameters trained with the model (at its default options).
+        native: torch's own class of this pooling (``nn.MaxPool2d``, ``nn.AvgPool2d``), which
+            models are built with and surgery rebuilds; its global form is torch's too
+            (``None``: the pooling is lit_ppool's only).
+        reference: The pooling smp's encoders are built with (one entry has it): swapping a
+            model to it changes nothing, and comparisons measure every other pooling against it.
 
     Example:
         >>> POOLING_SPECS["p"].global_form is GlobalPPool2d, POOLING_SPECS["strided_conv"].needs_channels
@@ -77,6 +91,24 @@ class PoolingSpec:
     needs_channels: bool = False
     scriptable: bool = False
     learnable: bool = False
+    native: type | None = None
+    reference: bool = False
+
+    @property
+    def global_cls(self) -> type | None:
+        """The class the global form builds (``None``: there is no global form).
+
+        Example:
+            >>> POOLING_SPECS["max"].global_cls, POOLING_SPECS["softpool"].global_cls
+            (<class 'torch.nn.modules.pooling.AdaptiveMaxPool2d'>, None)
+        """
+        form = self.global_form
+        return form.func if isinstance(form, functools.partial) else form
+
+    @property
+    def has_alpha(self) -> bool:
+        """Its layers are P-pooling layers (:class:`~lit_ppool.layers.ppool.PPoolBase`), with an ``alpha``."""
+        return isinstance(self.cls, type) and issubclass(self.cls, PPoolBase)
 
 
 def _max_with_padding(pool: nn.MaxPool2d, input: Tensor, padding: _size_2_t, ceil_mode: bool) -> Tensor:
@@ -91,8 +123,11 @@ _AVG = {"global_form": functools.partial(nn.AdaptiveAvgPool2d, 1), "with_padding
 POOLING_SPECS: dict[str, PoolingSpec] = {
     spec.name: spec
     for spec in (
-        PoolingSpec("max", nn.MaxPool2d, functools.partial(nn.AdaptiveMaxPool2d, 1), _max_with_padding, scriptable=True),
-        PoolingSpec("avg", AveragePool2d, **_AVG),
+        PoolingSpec(
+            "max", nn.MaxPool2d, functools.partial(nn.AdaptiveMaxPool2d, 1), _max_with_padding, scriptable=True,
+            native=nn.MaxPool2d, reference=True,
+        ),
+        PoolingSpec("avg", AveragePool2d, **_AVG, native=nn.AvgPool2d),
         PoolingSpec("p", PPool2d, GlobalPPool2d, scriptable=True, learnable=True),
         PoolingSpec("lp", LpPool2d),
         PoolingSpec("gated", GatedPool2d, learnable=True),
@@ -107,11 +142,30 @@ POOLING_SPECS: dict[str, PoolingSpec] = {
 POOLINGS: dict[str, type[nn.Module]] = {name: spec.cls for name, spec in POOLING_SPECS.items()}
 """Pooling name -> class (a view of :data:`POOLING_SPECS`)."""
 
-# Exact class -> spec. torch's own nn.AvgPool2d (given as a class) shares avg's global form and padding rule.
-_BY_CLASS: dict[type, PoolingSpec] = {spec.cls: spec for spec in POOLING_SPECS.values()}
-_BY_CLASS[nn.AvgPool2d] = PoolingSpec(None, nn.AvgPool2d, **_AVG)
+REFERENCE_POOLING: str = next(name for name, spec in POOLING_SPECS.items() if spec.reference)
+"""The name of the reference pooling (``"max"``; a view of :data:`POOLING_SPECS`)."""
 
-_GLOBAL_ADAPTIVE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+NATIVE_POOL_TYPES: tuple[type, ...] = tuple(spec.native for spec in POOLING_SPECS.values() if spec.native)
+"""torch's own windowed poolings of the table (``nn.MaxPool2d``, ``nn.AvgPool2d``): what surgery rebuilds."""
+
+NATIVE_GLOBAL_POOL_TYPES: tuple[type, ...] = tuple(
+    spec.global_cls for spec in POOLING_SPECS.values() if spec.native and spec.global_cls
+)
+"""torch's own global poolings of the table (``nn.AdaptiveMaxPool2d``, ``nn.AdaptiveAvgPool2d``): what surgery
+rebuilds when asked."""
+
+# Exact layer class -> spec. A native class that is not the spec's own (torch's nn.AvgPool2d, given as a
+# class or built) shares its global form and padding rule, under no name: it is torch's layer, not the table's.
+_BY_CLASS: dict[type, PoolingSpec] = {spec.cls: spec for spec in POOLING_SPECS.values()}
+_BY_CLASS.update(
+    {
+        spec.native: dataclasses.replace(spec, name=None, cls=spec.native, learnable=False, reference=False)
+        for spec in POOLING_SPECS.values()
+        if spec.native and spec.native is not spec.cls
+    }
+)
+# Exact global form class -> spec (nn.AdaptiveMaxPool2d -> max, nn.AdaptiveAvgPool2d -> avg, GlobalPPool2d -> p).
+_BY_GLOBAL_CLASS: dict[type, PoolingSpec] = {spec.global_cls: spec for spec in POOLING_SPECS.values() if spec.global_cls}
 
 
 def available_poolings() -> list[str]:
@@ -165,7 +219,7 @@ class ResolvedPooling:
         """
         if self.spec.global_form is None:
             raise ValueError(self.no_global_form())
-        options = {k: v for k, v in {**self.options, **kwargs}.items() if k not in _GEOMETRY_KEYWORDS}
+        options = {k: v for k, v in {**self.options, **kwargs}.items() if k not in GEOMETRY_KEYWORDS}
         return self.spec.global_form(**options)
 
     @property
@@ -198,13 +252,14 @@ def _unwrap(constructor: Callable[..., nn.Module]) -> tuple[Any, dict[str, Any]]
     return constructor, options
 
 
-def resolve_pooling(pooling: PoolLayerType, argument: str = "pooling") -> ResolvedPooling:
+def resolve_pooling(pooling: PoolLayerType | ResolvedPooling, argument: str = "pooling") -> ResolvedPooling:
     """Resolve a pooling name, class or ``functools.partial`` against the table, once.
 
     Names are looked up in :data:`POOLING_SPECS` (case-insensitive, ``-`` read as ``_``).
     A class (or partial of one) in the table gets its spec; any other callable gets a plain
     one (no global form, its own ``pool_with_padding``, ``needs_channels`` from a
-    ``requires_num_channels`` class attribute).
+    ``requires_num_channels`` class attribute). A :class:`ResolvedPooling` is returned as it is,
+    so a caller that resolved the argument already can pass it on.
 
     Args:
         pooling: ``"p"``, ``"max"``, ... or a class / partial taking the MaxPool2d geometry.
@@ -218,6 +273,8 @@ def resolve_pooling(pooling: PoolLayerType, argument: str = "pooling") -> Resolv
         >>> resolved.spec.name, resolved.needs_channels
         ('strided_conv', True)
     """
+    if isinstance(pooling, ResolvedPooling):
+        return pooling
     if isinstance(pooling, str):
         key = pooling.strip().lower().replace("-", "_")
         if key not in POOLING_SPECS:
@@ -319,19 +376,37 @@ def global_pool(pooling: PoolLayerType, options: Mapping[str, Any] | None = None
 def is_global_pool(module: nn.Module) -> bool:
     """Whether ``module`` pools each whole map to one value (a global pool).
 
-    That is a :class:`GlobalPPool2d`, or an ``nn.AdaptiveAvgPool2d`` / ``nn.AdaptiveMaxPool2d``
-    (exactly those types) with ``output_size`` 1 (or ``(1, 1)``).
+    That is a module of the class of a global form of the table (exactly that type:
+    :class:`GlobalPPool2d`, ``nn.AdaptiveMaxPool2d``, ``nn.AdaptiveAvgPool2d``) with
+    ``output_size`` 1 (or ``(1, 1)``).
 
     Example:
         >>> is_global_pool(nn.AdaptiveAvgPool2d((1, 1))), is_global_pool(nn.AdaptiveAvgPool2d(2))
         (True, False)
     """
-    if isinstance(module, GlobalPPool2d):
-        return True
-    if type(module) not in _GLOBAL_ADAPTIVE:
+    if type(module) not in _BY_GLOBAL_CLASS:
         return False
     size = module.output_size
     return all(s == 1 for s in (size if isinstance(size, (tuple, list)) else (size,)))
+
+
+def spec_of(module: nn.Module) -> PoolingSpec | None:
+    """The table entry of a built pooling layer: by its exact class, or by its global form's for a global pool.
+
+    torch's ``nn.AvgPool2d`` gets the entry of ``avg`` under no name (``name`` is ``None``): it is
+    torch's layer, not the table's.
+
+    Returns:
+        The :class:`PoolingSpec`, or ``None`` for any other module (other classes, subclasses,
+        adaptive pools with another output size).
+
+    Example:
+        >>> spec_of(nn.AdaptiveMaxPool2d(1)).name, spec_of(PPool2d(2)).name, spec_of(nn.AdaptiveMaxPool2d(2))
+        ('max', 'p', None)
+    """
+    if is_global_pool(module):
+        return _BY_GLOBAL_CLASS[type(module)]
+    return _BY_CLASS.get(type(module))
 
 
 def pool_with_padding(pool: nn.Module, input: Tensor, padding: _size_2_t, ceil_mode: bool) -> Tensor:

@@ -7,12 +7,11 @@ from typing import Any
 from torch import Tensor, nn
 
 from lit_ppool.functional import pool_geometry
-from lit_ppool.layers.baselines import AveragePool2d
 from lit_ppool.layers.ppool import GlobalPPool2d, PPool2d, PPoolBase
+from lit_ppool.layers.registry import create_pool2d, global_pool
 from lit_ppool.layers.same import SamePadPool2d
 from lit_ppool.surgery.probe import eval_no_grad, run_model
 from lit_ppool.surgery.report import Bake, BakeReport, Skip
-from lit_ppool.surgery.swap import set_submodule
 
 __all__ = ["bake_pooling"]
 
@@ -22,16 +21,15 @@ def _baked_replacement(pool: PPoolBase, alpha: Tensor, threshold: float) -> nn.M
     average, maximum = bool((alpha == 0).all()), bool((alpha >= threshold).all())
     if not (average or maximum):
         return Skip("", pool, f"alpha = {alpha.mean().item():.4g} is at neither limit (0 or >= {threshold:g})", "not_at_limit")
+    limit = "avg" if average else "max"  # P-pooling's limits, as the table names them
     if isinstance(pool, GlobalPPool2d):
-        return nn.AdaptiveAvgPool2d(1) if average else nn.AdaptiveMaxPool2d(1)
+        return global_pool(limit)
     if not isinstance(pool, PPool2d):
         return Skip("", pool, f"{type(pool).__name__} has no native form", "cannot_build")
     geometry = pool_geometry(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
     if average and geometry.dilation != (1, 1):
         return Skip("", pool, "alpha = 0 but dilation > 1, which nn.AvgPool2d cannot express", "cannot_build")
-    if average:
-        return AveragePool2d(geometry.kernel_size, geometry.stride, geometry.padding, 1, geometry.ceil_mode)
-    return nn.MaxPool2d(geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation, ceil_mode=geometry.ceil_mode)
+    return create_pool2d(limit, geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation, geometry.ceil_mode)
 
 
 def _plan(model: nn.Module, alpha_threshold: float | None, kept: list[Skip]) -> dict[str, tuple[PPoolBase, nn.Module]]:
@@ -130,7 +128,7 @@ def bake_pooling(
             kept.append(Skip(name, old, f"max abs output difference {errors[name]:.3g} exceeds atol={atol:g}", "exceeds_atol"))
         else:
             new.train(old.training)
-            set_submodule(model, name, new)
+            model.set_submodule(name, new, strict=True)
             baked.append(Bake(name, old, new, errors[name]))
     return BakeReport(baked, kept)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,8 @@ from torch import nn
 from lit_ppool.functional import pool_geometry
 from lit_ppool.layers.ppool import PPoolBase
 from lit_ppool.layers.registry import (
+    NATIVE_GLOBAL_POOL_TYPES,
+    NATIVE_POOL_TYPES,
     POOLINGS,
     PoolLayerType,
     ResolvedPooling,
@@ -22,7 +24,7 @@ from lit_ppool.layers.same import SamePadPool2d
 from lit_ppool.surgery.probe import ADAPTIVE_POOL_TYPES, TORCH_POOL_TYPES, Probe
 from lit_ppool.surgery.report import Skip, SkipKind, Swap, SwapReport, warn_nothing_swapped
 
-__all__ = ["set_submodule", "swap_pooling"]
+__all__ = ["needs_channel_counts", "swap_pooling"]
 
 try:  # timm's dynamic "same" padding pools (timm comes with segmentation-models-pytorch)
     from timm.layers.pool2d_same import AvgPool2dSame as _TimmAvgSame
@@ -32,8 +34,8 @@ try:  # timm's dynamic "same" padding pools (timm comes with segmentation-models
 except ImportError:  # pragma: no cover - timm is a dependency of smp
     _SAME_TYPES = ()
 
-_PLAIN_TYPES = (nn.MaxPool2d, nn.AvgPool2d)
-_GLOBAL_TYPES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)  # swappable when `include` names them
+_PLAIN_TYPES = NATIVE_POOL_TYPES
+_GLOBAL_TYPES = NATIVE_GLOBAL_POOL_TYPES  # swappable when `include` names them
 _OURS = tuple(cls for cls in POOLINGS.values() if cls not in _PLAIN_TYPES) + (PPoolBase, SamePadPool2d)
 _INDICES = "return_indices=True: its indices feed an unpooling layer, which no other pooling can serve"
 _Why = tuple[SkipKind, str]  # a Skip's kind and reason
@@ -62,7 +64,8 @@ def _why_keep_adaptive(module: nn.Module, include: list[str] | None) -> _Why | N
             "the input size, while registry poolings have a fixed window"
         )
     if type(module) not in _GLOBAL_TYPES:
-        return "unsupported_type", f"unsupported adaptive pooling type {kind} (only nn.AdaptiveAvgPool2d / nn.AdaptiveMaxPool2d are swapped)"
+        swapped = " / ".join(f"nn.{cls.__name__}" for cls in _GLOBAL_TYPES)
+        return "unsupported_type", f"unsupported adaptive pooling type {kind} (only {swapped} are swapped)"
     if not is_global_pool(module):
         return "adaptive", (
             f"adaptive pooling with output_size={module.output_size}: only global (output_size=1) adaptive "
@@ -163,21 +166,14 @@ def _build(name: str, old: nn.Module, pooling: ResolvedPooling, kwargs: dict[str
     return SamePadPool2d(new) if same else new
 
 
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` in place of the submodule called ``name`` (same attribute, so state_dict keys stay)."""
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-
-
 def _device_of(model: nn.Module) -> torch.device | None:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
     return None
 
 
-def _resolve_target(pooling: PoolLayerType | None, pool_kwargs: dict[str, Any]) -> ResolvedPooling:
-    """The target pooling, accepting ``to=`` (its earlier name) in ``pool_kwargs``."""
+def _resolve_target(pooling: PoolLayerType | ResolvedPooling | None, pool_kwargs: dict[str, Any]) -> ResolvedPooling:
+    """The target pooling (resolved once, here or by the caller), accepting ``to=`` (its earlier name) in ``pool_kwargs``."""
     if "to" not in pool_kwargs:
         return resolve_pooling("p" if pooling is None else pooling, "pooling")
     if pooling is not None:
@@ -185,12 +181,26 @@ def _resolve_target(pooling: PoolLayerType | None, pool_kwargs: dict[str, Any]) 
     return resolve_pooling(pool_kwargs.pop("to"), "to")
 
 
+def needs_channel_counts(pooling: ResolvedPooling, pool_kwargs: Mapping[str, Any]) -> bool:
+    """Whether swapping to ``pooling`` with ``pool_kwargs`` measures each pool's channel count.
+
+    It does for a pooling that needs ``num_channels`` (``strided_conv``) and for
+    ``num_channels="auto"`` (one alpha per channel); the measure is a probe forward of an
+    ``example_input``, which :func:`swap_pooling` then requires.
+
+    Example:
+        >>> needs_channel_counts(resolve_pooling("p"), {"num_channels": "auto"}), needs_channel_counts(resolve_pooling("p"), {})
+        (True, False)
+    """
+    return pooling.needs_channels or pool_kwargs.get("num_channels") == "auto"
+
+
 def _needs_channels(model: Any, pooling: ResolvedPooling, example_input: Any, pool_kwargs: dict[str, Any]) -> bool:
     """Validate the arguments; whether a probe must measure each pool's channel count."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"Expected argument `model` to be a torch.nn.Module, but got {type(model).__name__}.")
     auto_channels = pool_kwargs.get("num_channels") == "auto"
-    if (auto_channels or pooling.needs_channels) and example_input is None:
+    if needs_channel_counts(pooling, pool_kwargs) and example_input is None:
         raise ValueError(
             f"Expected argument `example_input` to be an input for one probe forward when "
             f"{pooling.argument}={pooling.label}{' with num_channels=' + repr('auto') if auto_channels else ''} "
@@ -198,12 +208,12 @@ def _needs_channels(model: Any, pooling: ResolvedPooling, example_input: Any, po
         )
     if "num_channels" in pool_kwargs and not auto_channels and pooling.needs_channels:
         raise ValueError("Expected argument `num_channels` to be left out (it is measured per pool), but got one.")
-    return auto_channels or pooling.needs_channels
+    return needs_channel_counts(pooling, pool_kwargs)
 
 
 def swap_pooling(
     model: nn.Module,
-    pooling: PoolLayerType | None = None,
+    pooling: PoolLayerType | ResolvedPooling | None = None,
     *,
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
@@ -244,7 +254,9 @@ def swap_pooling(
     Args:
         model: Any ``nn.Module`` (smp model or encoder, timm or torchvision model).
         pooling: A name from :func:`lit_ppool.available_poolings`, a class or a
-            ``functools.partial``; default ``"p"``. ``to=`` is accepted as its earlier name.
+            ``functools.partial``, or the :class:`~lit_ppool.layers.registry.ResolvedPooling` of
+            one (a caller that resolved it already); default ``"p"``. ``to=`` is accepted as its
+            earlier name.
         include: Glob(s) on qualified module names; only matching pools are swapped. Global
             (``output_size=1``) adaptive pools are swapped only when matched here.
         exclude: Glob(s) on qualified module names; matching pools are kept.
@@ -289,7 +301,7 @@ def swap_pooling(
         if device is not None:
             new = new.to(device)
         new.train(old.training)
-        set_submodule(model, name, new)
+        model.set_submodule(name, new, strict=True)  # same attribute, so state_dict keys stay
         swaps.append(Swap(name, old, new))
 
     if not swaps:

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
 from lit_ppool.layers.ppool import PPool2d, PPoolBase
+from lit_ppool.layers.registry import resolve_pooling
 from lit_ppool.training.loggers import (
     define_metric_group,
     log_figure,
@@ -27,6 +28,14 @@ if TYPE_CHECKING:
 __all__ = ["AlphaMonitor", "alpha_layers"]
 
 PREFIX = "alpha"
+
+
+def _has_alpha(pooling: Any) -> bool:
+    """Whether a module's ``pooling`` hyperparameter names a pooling with an alpha (the table says; ``False`` if none)."""
+    try:
+        return resolve_pooling(pooling).spec.has_alpha
+    except ValueError:  # no pooling hyperparameter, or not one of the table
+        return False
 
 
 def alpha_layers(module: nn.Module) -> dict[str, PPool2d]:
@@ -150,8 +159,8 @@ class AlphaMonitor(Callback):
         self._layers = alpha_layers(pl_module)
         if not self._layers:
             pooling = getattr(pl_module, "hparams", {}).get("pooling")
-            if pooling == "p":
-                fix = "the model has pooling='p' but no pooling layer that could be swapped (see the swap report)"
+            if _has_alpha(pooling):
+                fix = f"the model has pooling={pooling!r} but no pooling layer that could be swapped (see the swap report)"
             else:
                 fix = "swap the model's pooling to 'p' (`pooling='p'`, `lit_ppool.swap_pooling(model, 'p')`)"
             message = f"`AlphaMonitor` found no P-pooling layer (lit_ppool.PPool2d) in {type(pl_module).__name__}: {fix}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -23,8 +23,9 @@ from torchmetrics.classification import (
 )
 
 from lit_ppool.layers.ppool import PPoolBase
-from lit_ppool.layers.registry import resolve_pooling
+from lit_ppool.layers.registry import NATIVE_POOL_TYPES, REFERENCE_POOLING, ResolvedPooling, resolve_pooling
 from lit_ppool.surgery import NothingSwappedWarning, SwapReport, swap_pooling
+from lit_ppool.surgery.swap import needs_channel_counts
 from lit_ppool.training.data.checks import IGNORE_INDEX
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.faults import check_finite_loss
@@ -71,6 +72,18 @@ def available_encoders() -> list[str]:
     return sorted(smp.encoders.get_encoder_names())
 
 
+def _smp_arch(arch: Any) -> str:
+    """smp's spelling of the architecture ``arch`` (given in any case).
+
+    Raises:
+        ConfigError: If ``arch`` names no smp architecture (the message lists them).
+    """
+    archs = {name.lower(): name for name in available_archs()}
+    if not isinstance(arch, str) or arch.lower() not in archs:
+        raise ConfigError(f"Expected argument `arch` to be one of {available_archs()} (any case), but got {arch!r}.")
+    return archs[arch.lower()]
+
+
 def _check_choice(arg: str, value: Any, choices: Sequence[str], hint: str = "") -> None:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(f"Expected argument `{arg}` to be one of {list(choices)}{hint}, but got {value!r}.")
@@ -103,21 +116,51 @@ def _check_encoder(encoder_name: Any) -> None:
 
 
 def _no_swap_message(arch: str, encoder_name: str, pooling: str, report: SwapReport) -> str:
-    """Why a model had nothing to swap, for the error of a non-``max`` pooling."""
-    pools = [skip for skip in report.skipped if isinstance(skip.module, (nn.MaxPool2d, nn.AvgPool2d))]
+    """Why a model had nothing to swap, for the error of a pooling other than the reference (``max``)."""
+    pools = [skip for skip in report.skipped if isinstance(skip.module, NATIVE_POOL_TYPES)]
     if pools:
         reasons = "; ".join(f"{skip.name}: {skip.reason}" for skip in pools[:3])
         why = f"its {len(pools)} pooling layer(s) were all left alone ({reasons})"
     else:
         why = (
             f"it has no pooling layer: {encoder_name!r} downsamples with strided convolutions, so "
-            f"pooling={pooling!r} would train the same model as pooling='max'"
+            f"pooling={pooling!r} would train the same model as pooling={REFERENCE_POOLING!r}"
         )
     return (
         f"Expected the {arch}/{encoder_name} model to have pooling layers to swap to {pooling!r}, but {why}. "
         "Choose an encoder with pooling layers (e.g. resnet34, vgg16_bn, tu-resnet50d), or pass "
         "allow_no_swap=True (--model.allow_no_swap=true) to train it unchanged on purpose."
     )
+
+
+def _check_config(hparams: Mapping[str, Any]) -> ResolvedPooling:
+    """Validate the module's hyperparameters (names and ranges); return the pooling, resolved once.
+
+    Raises:
+        ConfigError: For the first invalid one, naming it, the valid values and what was got.
+    """
+    _smp_arch(hparams["arch"])
+    _check_encoder(hparams["encoder_name"])
+    try:  # the table's resolver, as swap_pooling's: "P" and "strided-conv" are valid here too
+        target = resolve_pooling(hparams["pooling"], "pooling")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    _check_choice("loss", hparams["loss"], list(LOSSES))
+    _check_choice("scheduler_interval", hparams["scheduler_interval"], ["step", "epoch"])
+    num_classes, ignore_index = hparams["num_classes"], hparams["ignore_index"]
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"Expected argument `num_classes` to be an int >= 1, but got {num_classes!r}.")
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
+        raise ConfigError(
+            f"Expected argument `ignore_index` to be an int outside [0, num_classes={num_classes}), "
+            f"but got {ignore_index!r}."
+        )
+    alpha_lr_mult, boundary_width = hparams["alpha_lr_mult"], hparams["boundary_width"]
+    if isinstance(alpha_lr_mult, bool) or not isinstance(alpha_lr_mult, (int, float)) or not alpha_lr_mult >= 0:
+        raise ConfigError(f"Expected argument `alpha_lr_mult` to be a number >= 0, but got {alpha_lr_mult!r}.")
+    if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 1:
+        raise ConfigError(f"Expected argument `boundary_width` to be an int >= 1, but got {boundary_width!r}.")
+    return target
 
 
 class PPoolSegmentationModule(L.LightningModule):
@@ -218,55 +261,12 @@ class PPoolSegmentationModule(L.LightningModule):
         allow_no_swap: bool = False,
     ) -> None:
         super().__init__()
-        archs = {name.lower(): name for name in available_archs()}
-        if not isinstance(arch, str) or arch.lower() not in archs:
-            raise ConfigError(f"Expected argument `arch` to be one of {available_archs()} (any case), but got {arch!r}.")
-        _check_encoder(encoder_name)
-        try:  # the table's resolver, as swap_pooling's: "P" and "strided-conv" are valid here too
-            target = resolve_pooling(pooling, "pooling")
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        _check_choice("loss", loss, list(LOSSES))
-        _check_choice("scheduler_interval", scheduler_interval, ["step", "epoch"])
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ConfigError(f"Expected argument `num_classes` to be an int >= 1, but got {num_classes!r}.")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
-            raise ConfigError(
-                f"Expected argument `ignore_index` to be an int outside [0, num_classes={num_classes}), "
-                f"but got {ignore_index!r}."
-            )
-        if isinstance(alpha_lr_mult, bool) or not isinstance(alpha_lr_mult, (int, float)) or not alpha_lr_mult >= 0:
-            raise ConfigError(f"Expected argument `alpha_lr_mult` to be a number >= 0, but got {alpha_lr_mult!r}.")
-        if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 1:
-            raise ConfigError(f"Expected argument `boundary_width` to be an int >= 1, but got {boundary_width!r}.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        target = _check_config(self.hparams)  # the pooling, resolved once for the check and the swap
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-
         self.model = self._create_smp_model()  # smp.create_model, offline-safe, or with a local weights file
-        pooling_kwargs = dict(pooling_kwargs or {})
-        example_input = None
-        if target.needs_channels or pooling_kwargs.get("num_channels") == "auto":
-            # one probe forward measures each pool's channel count
-            example_input = torch.zeros(1, (model_kwargs or {}).get("in_channels", 3), 64, 64)
-        try:
-            with warnings.catch_warnings():  # the error below says more
-                warnings.simplefilter("ignore", NothingSwappedWarning)
-                report = swap_pooling(
-                    self.model, pooling, include=include, exclude=exclude, example_input=example_input, **pooling_kwargs
-                )
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"Could not swap the pooling layers of {arch}/{encoder_name} to {pooling!r}: {err}") from err
-        unbuildable = [skip for skip in report.skipped if skip.kind == "cannot_build"]
-        if unbuildable and not len(report):
-            raise ConfigError(
-                f"Expected argument `pooling_kwargs` to be valid for pooling {pooling!r}, but no layer could be "
-                f"built with {pooling_kwargs}: {unbuildable[0].reason}"
-            )
-        if not len(report) and target.spec.name != "max" and not allow_no_swap:
-            raise ConfigError(_no_swap_message(archs[arch.lower()], encoder_name, pooling, report))
-        self.swapped_layers = [swap.name for swap in report]
-        rank_zero_info(f"lit_ppool: {report.summary()}")
+        self.swapped_layers = self._swap_pooling(target)
         self.criterion = LOSSES[loss](ignore_index)
 
         self.class_names = tuple(f"class_{i}" for i in range(num_classes))
@@ -276,14 +276,47 @@ class PPoolSegmentationModule(L.LightningModule):
     def _create_smp_model(self) -> nn.Module:
         """The smp model of the hyperparameters, with its ``encoder_weights`` (:func:`create_model`)."""
         hparams = self.hparams
-        archs = {name.lower(): name for name in available_archs()}
         return create_model(
-            archs[hparams.arch.lower()],
+            _smp_arch(hparams.arch),
             encoder_name=hparams.encoder_name,
             encoder_weights=hparams.encoder_weights,
             classes=hparams.num_classes,
             **(hparams.model_kwargs or {}),
         )
+
+    def _swap_pooling(self, target: ResolvedPooling) -> list[str]:
+        """Swap :attr:`model`'s pooling layers to ``target`` (:func:`swap_pooling`); return the swapped names.
+
+        Raises:
+            ConfigError: If the swap fails, no layer can be built with ``pooling_kwargs``, or nothing
+                is swapped although ``target`` is not the reference pooling and ``allow_no_swap`` is off.
+        """
+        hparams = self.hparams
+        pooling_kwargs = dict(hparams.pooling_kwargs or {})
+        example_input = None
+        if needs_channel_counts(target, pooling_kwargs):  # one probe forward measures each pool's channel count
+            example_input = torch.zeros(1, (hparams.model_kwargs or {}).get("in_channels", 3), 64, 64)
+        try:
+            with warnings.catch_warnings():  # the error below says more
+                warnings.simplefilter("ignore", NothingSwappedWarning)
+                report = swap_pooling(
+                    self.model, target, include=hparams.include, exclude=hparams.exclude, example_input=example_input,
+                    **pooling_kwargs,
+                )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(
+                f"Could not swap the pooling layers of {hparams.arch}/{hparams.encoder_name} to {hparams.pooling!r}: {err}"
+            ) from err
+        unbuildable = [skip for skip in report.skipped if skip.kind == "cannot_build"]
+        if unbuildable and not len(report):
+            raise ConfigError(
+                f"Expected argument `pooling_kwargs` to be valid for pooling {hparams.pooling!r}, but no layer could be "
+                f"built with {pooling_kwargs}: {unbuildable[0].reason}"
+            )
+        if not len(report) and not target.spec.reference and not hparams.allow_no_swap:
+            raise ConfigError(_no_swap_message(_smp_arch(hparams.arch), hparams.encoder_name, hparams.pooling, report))
+        rank_zero_info(f"lit_ppool: {report.summary()}")
+        return [swap.name for swap in report]
 
     def load_pretrained_weights(self) -> list[str]:
         """Load ``encoder_weights`` into the encoder of a model built without them; return the keys loaded.

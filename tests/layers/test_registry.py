@@ -9,13 +9,17 @@ from torch import nn
 from lit_ppool import available_poolings, create_pool2d, get_pool_layer
 from lit_ppool.layers import GlobalPPool2d, PPool2d
 from lit_ppool.layers.registry import (
+    NATIVE_GLOBAL_POOL_TYPES,
+    NATIVE_POOL_TYPES,
     POOLING_SPECS,
     POOLINGS,
+    REFERENCE_POOLING,
     global_pool,
     is_global_pool,
     pool_requires_num_channels,
     pool_with_padding,
     resolve_pooling,
+    spec_of,
 )
 
 NAMES = ["avg", "dpp", "gated", "lp", "max", "mixed", "p", "softpool", "strided_conv"]
@@ -137,3 +141,32 @@ def test_scriptable_flag_is_honoured_both_ways(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_learnable_flag_matches_the_parameters(name):
     assert bool(list(build(name, kernel_size=2).parameters())) == POOLING_SPECS[name].learnable
+
+
+def test_the_derived_maps_come_from_the_table():
+    assert REFERENCE_POOLING == "max" and [name for name, spec in POOLING_SPECS.items() if spec.reference] == ["max"]
+    assert NATIVE_POOL_TYPES == (nn.MaxPool2d, nn.AvgPool2d)
+    assert NATIVE_GLOBAL_POOL_TYPES == (nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+    assert {spec.global_cls for spec in POOLING_SPECS.values()} == {nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, GlobalPPool2d, None}
+    assert [name for name, spec in POOLING_SPECS.items() if spec.has_alpha] == ["p"]
+    for spec in POOLING_SPECS.values():  # a native pooling's layer is (a subclass of) torch's own, and so is its global form
+        assert spec.native is None or (issubclass(spec.cls, spec.native) and spec.global_cls.__module__.startswith("torch."))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_spec_of_a_built_layer_is_its_table_entry(name):
+    spec = POOLING_SPECS[name]
+    assert spec_of(build(name, kernel_size=2)) is spec
+    if spec.global_form is not None:
+        assert spec_of(global_pool(name)) is spec and type(global_pool(name)) is spec.global_cls
+
+
+def test_spec_of_other_modules():
+    assert spec_of(nn.AvgPool2d(2)).name is None  # torch's layer: avg's global form and padding rule, no name
+    assert spec_of(nn.AdaptiveAvgPool2d(2)) is None and spec_of(nn.Conv2d(1, 1, 1)) is None
+    assert spec_of(type("MyMax", (nn.MaxPool2d,), {})(2)) is None  # subclasses are not the table's class
+
+
+def test_a_resolved_pooling_resolves_to_itself():
+    resolved = resolve_pooling(functools.partial(PPool2d, alpha_init=2.0), "to")
+    assert resolve_pooling(resolved) is resolved and resolved.argument == "to"

@@ -120,6 +120,23 @@ def test_pooling_argument_and_its_earlier_name_to():
         swap_pooling(Toy(), "p", to="max")
 
 
+def test_an_already_resolved_pooling_is_swapped_in_as_it_is(monkeypatch):
+    import functools
+
+    from lit_ppool.layers.registry import resolve_pooling
+    from lit_ppool.surgery import swap as swap_module
+
+    resolved = resolve_pooling(functools.partial(PPool2d, alpha_init=2.0))
+    calls = []
+    monkeypatch.setattr(swap_module, "resolve_pooling", lambda *args: calls.append(args) or resolve_pooling(*args))
+    report = swap_pooling(Toy(), resolved)
+    assert calls and all(args[0] is resolved for args in calls)  # nothing resolved a second time
+    assert report.names == swap_pooling(Toy(), "p").names
+    assert {m.alpha.item() for s in report for m in s.new.modules() if isinstance(m, PPool2d)} == {2.0}
+    assert swap_module.needs_channel_counts(resolve_pooling("strided_conv"), {})
+    assert not swap_module.needs_channel_counts(resolved, {"num_channels": 3})
+
+
 def test_geometry_a_target_cannot_take_is_skipped_with_the_reason():
     model = Toy()
     report = swap_pooling(model, "avg")

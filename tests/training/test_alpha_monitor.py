@@ -245,6 +245,14 @@ def test_model_without_ppool_is_an_error_unless_not_strict(tmp_path):
     assert not (Path(logger.log_dir) / "alpha.png").exists()
 
 
+@pytest.mark.parametrize(("pooling", "fix"), [("P", "pooling='P' but no pooling layer"), ("max", "swap the model's pooling to 'p'")])
+def test_the_fix_depends_on_whether_the_pooling_has_alpha(tmp_path, pooling, fix):
+    module = TinyModule(with_ppool=False)
+    module.save_hyperparameters({"pooling": pooling})
+    with pytest.raises(MisconfigurationException, match=fix):
+        L.Trainer(max_steps=1, logger=CSVLogger(tmp_path), callbacks=[AlphaMonitor()], enable_progress_bar=False).fit(module)
+
+
 def test_no_logger_is_an_error(tmp_path):
     trainer = L.Trainer(max_steps=1, logger=False, callbacks=[AlphaMonitor()], default_root_dir=tmp_path, enable_progress_bar=False)
     with pytest.raises(MisconfigurationException, match="no logger"):

@@ -89,6 +89,24 @@ def test_pooling_is_validated_by_the_registry_resolver(pooling, expected):
     assert module.swapped_layers == ["encoder.maxpool"] and type(module.model.encoder.maxpool).__name__ == expected
 
 
+def test_pooling_is_resolved_once(monkeypatch):
+    from lit_ppool.layers import registry
+    from lit_ppool.surgery import swap as swap_module
+    from lit_ppool.training import module as module_module
+
+    resolved = []
+
+    def counting(pooling, *args):
+        if not isinstance(pooling, registry.ResolvedPooling):
+            resolved.append(pooling)
+        return registry.resolve_pooling(pooling, *args)
+
+    monkeypatch.setattr(module_module, "resolve_pooling", counting)
+    monkeypatch.setattr(swap_module, "resolve_pooling", counting)
+    module = PPoolSegmentationModule(**TINY_MODEL, pooling="strided-conv")  # a probe forward measures its channels
+    assert resolved == ["strided-conv"] and module.swapped_layers == ["encoder.maxpool"]
+
+
 def test_num_classes_must_match_datamodule(tmp_path):
     module = PPoolSegmentationModule(**{**TINY_MODEL, "num_classes": 7})
     with pytest.raises(ConfigError, match="num_classes"):
