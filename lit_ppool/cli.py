@@ -12,7 +12,6 @@ Usage::
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import re
 import sys
@@ -27,11 +26,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_ppool import __version__
 from lit_ppool.kernels.dispatch import get_backend
-from lit_ppool.training.alpha_monitor import alpha_layers
 from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
 from lit_ppool.training.data.base import SegmentationDataModule
 from lit_ppool.training.loggers import SaveConfigToLoggers, finish_wandb_runs, resolve_wandb_mode
 from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
+from lit_ppool.training.record import evaluation_record, write_record
 from lit_ppool.training.runs import (
     checkpoint_path_problem,
     find_last_checkpoint,
@@ -322,29 +321,12 @@ class PPoolCLI(LightningCLI):
         self._write_metrics("test")
 
     def _write_metrics(self, stage: str) -> None:
-        """``<run>/<stage>-<checkpoint name>.json``: the metrics of this evaluation, next to the checkpoint.
-
-        Also records the pooling, the seed and every P-pooling layer's alpha (``lit-ppool compare``
-        builds its tables from these files alone).
-        """
+        """The run record of this evaluation, next to the checkpoint (:mod:`lit_ppool.training.record`)."""
         ckpt_path = self.config_value("ckpt_path", self.config_init)
         if not ckpt_path or not self.trainer.is_global_zero:
             return
-        metrics = {key: float(value) for key, value in self.trainer.callback_metrics.items() if value.numel() == 1}
-        alpha = {
-            name: {"mean": layer.alpha.detach().float().mean().item(), "min": layer.alpha.detach().float().min().item(),
-                   "max": layer.alpha.detach().float().max().item(), "init": layer.alpha_init}
-            for name, layer in alpha_layers(self.model).items()
-        }  # fmt: skip
-        record = {
-            "checkpoint": str(ckpt_path),
-            "pooling": self.model.hparams.get("pooling"),
-            "seed": self.config_value("seed_everything"),
-            "metrics": metrics,
-            "alpha": alpha,
-        }
-        path = run_dir_of(ckpt_path) / f"{stage}-{Path(ckpt_path).stem}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n")
+        record = evaluation_record(ckpt_path, self.model, self.trainer.callback_metrics, self.config_value("seed_everything"))
+        path = write_record(record, stage)
         rank_zero_info(f"lit_ppool: wrote the {stage} metrics to {path}")
 
     def before_predict(self) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -70,22 +69,33 @@ def _load_module(ckpt_path: Path) -> Any:
 
 def _csv_metrics(path: Path) -> dict[str, float]:
     """The last logged value of every ``val/*`` and ``test/*`` column of a CSVLogger's metrics.csv."""
+    from lit_ppool.training.record import LOGGED_STAGES, metric_key
+
+    prefixes = tuple(metric_key(stage, "") for stage in LOGGED_STAGES)
     metrics: dict[str, float] = {}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
             for key, value in row.items():
-                if key and key.startswith(("val/", "test/")) and value not in (None, ""):
+                if key and key.startswith(prefixes) and value not in (None, ""):
                     metrics[key] = float(value)
     return metrics
 
 
-def run_metrics(run_dir: Path, ckpt_stem: str) -> dict[str, float]:
-    """The checkpoint's metrics: ``validate-<ckpt>.json`` and ``test-<ckpt>.json`` over metrics.csv's last values."""
+def run_metrics(ckpt_path: Path) -> dict[str, float]:
+    """The checkpoint's metrics: its ``validate`` and ``test`` run records over its run's metrics.csv's last values.
+
+    Raises:
+        ValueError: If a run record of the checkpoint is not valid (naming it).
+    """
+    from lit_ppool.training.record import RECORD_STAGES, read_record, record_path
+    from lit_ppool.training.runs import run_dir_of
+
+    run_dir = run_dir_of(ckpt_path)
     metrics = _csv_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else {}
-    for stage in ("validate", "test"):
-        path = run_dir / f"{stage}-{ckpt_stem}.json"
+    for stage in RECORD_STAGES:
+        path = record_path(ckpt_path, stage)
         if path.is_file():  # this checkpoint's own evaluation wins over the training log
-            metrics.update(json.loads(path.read_text()).get("metrics", {}))
+            metrics.update(read_record(path).metrics)
     return dict(sorted(metrics.items()))
 
 
@@ -167,7 +177,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.bake:
         sections["Baked pooling"] = _bake(model, example, args.bake_atol)
     plot = run_dir / "alpha.png"
-    card = {"metrics": run_metrics(run_dir, ckpt_path.stem), "training_config": _training_config(run_dir, dict(module.hparams))}
+    card = {"metrics": run_metrics(ckpt_path), "training_config": _training_config(run_dir, dict(module.hparams))}
     if args.format == "hub":
         save_pretrained(model, output, alpha_plot=plot if plot.is_file() else None, sections=sections, **card)
         print(f"lit-ppool export: wrote {output} (config.json, model.safetensors, README.md); load it with lit_ppool.from_pretrained({str(output)!r})")

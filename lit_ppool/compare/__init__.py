@@ -1,8 +1,14 @@
-"""``lit-ppool compare``: did a pooling help, where, and how sure? Runs, statistics and the report."""
+"""``lit-ppool compare``: did a pooling help, where, and how sure? Runs, statistics and the report.
+
+The run results it reads are run records (:mod:`lit_ppool.training.record`); ``RunResult`` is the
+name compare gave them before the record had a module of its own.
+"""
 
 from lit_ppool.compare.report import Comparison, write_report
-from lit_ppool.compare.results import RunResult, load_results
 from lit_ppool.compare.runner import main
 from lit_ppool.compare.stats import paired_difference, summarize
+from lit_ppool.training.record import RunRecord, load_results
 
-__all__ = ["Comparison", "RunResult", "load_results", "main", "paired_difference", "summarize", "write_report"]
+RunResult = RunRecord
+
+__all__ = ["Comparison", "RunRecord", "RunResult", "load_results", "main", "paired_difference", "summarize", "write_report"]

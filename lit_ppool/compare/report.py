@@ -7,26 +7,40 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from lit_ppool.compare.results import RunResult
 from lit_ppool.compare.stats import PairedDifference, paired_difference, summarize
 from lit_ppool.layers.registry import REFERENCE_POOLING
+from lit_ppool.training.record import (
+    BOUNDARY_IOU,
+    F1,
+    IOU,
+    MIOU,
+    PIXEL_ACC,
+    PRECISION,
+    RECALL,
+    TRIMAP_MIOU,
+    RunRecord,
+    metric_key,
+)
 
 __all__ = ["CLASS_METRICS", "METRICS", "Comparison", "class_key", "write_report"]
 
+STAGE = "test"
+"""The stage whose metrics are compared (the runs' ``test-last.json``)."""
+
 METRICS = (
-    ("test/mIoU", "mIoU"),
-    ("test/boundary_IoU", "Boundary IoU"),
-    ("test/trimap_mIoU", "trimap mIoU"),
-    ("test/pixel_acc", "pixel acc"),
+    (metric_key(STAGE, MIOU), "mIoU"),
+    (metric_key(STAGE, BOUNDARY_IOU), "Boundary IoU"),
+    (metric_key(STAGE, TRIMAP_MIOU), "trimap mIoU"),
+    (metric_key(STAGE, PIXEL_ACC), "pixel acc"),
 )
 """The headline metrics: key in the run results, column title."""
 
 CLASS_METRICS = (
-    ("IoU", "IoU", "test/mIoU"),
-    ("F1", "F1", None),
-    ("precision", "precision", None),
-    ("recall", "recall", None),
-    ("boundary_IoU", "Boundary IoU", "test/boundary_IoU"),
+    (IOU, "IoU", metric_key(STAGE, MIOU)),
+    (F1, "F1", None),
+    (PRECISION, "precision", None),
+    (RECALL, "recall", None),
+    (BOUNDARY_IOU, "Boundary IoU", metric_key(STAGE, BOUNDARY_IOU)),
 )
 """The per-class metric families: family (see :func:`class_key`), title, headline metric of the last column.
 
@@ -37,19 +51,19 @@ module logs no macro F1.
 
 def class_key(family: str, name: str = "") -> str:
     """The run results' key of ``family``'s score of class ``name`` (``test/F1/crack``); by default the prefix."""
-    return f"test/{family}/{name}"
+    return metric_key(STAGE, family, name)
 
 
 class Comparison:
     """Run results grouped by pooling, in the order asked for; the first pooling is the reference."""
 
-    def __init__(self, results: Sequence[RunResult], poolings: Sequence[str] | None = None) -> None:
+    def __init__(self, results: Sequence[RunRecord], poolings: Sequence[str] | None = None) -> None:
         found = sorted({r.pooling for r in results}, key=lambda name: (name != REFERENCE_POOLING, name))
         self.poolings = [p for p in (poolings or found) if p in found] + [p for p in found if p not in (poolings or found)]
         self.results = {p: {r.seed: r for r in results if r.pooling == p} for p in self.poolings}
         self.reference = self.poolings[0] if self.poolings else None
         first = next(iter(results), None)
-        self.classes = first.class_names(class_key("IoU")) if first is not None else []
+        self.classes = first.class_names(class_key(IOU)) if first is not None else []
         self.metrics = [(key, title) for key, title in METRICS if any(key in r.metrics for r in results)]
         self.class_metrics = [
             (family, title, headline)

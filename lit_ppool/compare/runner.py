@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lit_ppool.compare.report import Comparison, write_report
-from lit_ppool.compare.results import RESULT_FILE, load_results
 from lit_ppool.layers.registry import available_poolings
+from lit_ppool.training.record import RESULT_FILE, load_results
 
 __all__ = ["Run", "main", "plan_runs"]
 

@@ -30,6 +30,7 @@ from lit_ppool.training.data.checks import IGNORE_INDEX
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.faults import check_finite_loss
 from lit_ppool.training.metrics import BoundaryIoU, TrimapJaccardIndex
+from lit_ppool.training.record import BOUNDARY_IOU, F1, IOU, MIOU, PIXEL_ACC, PRECISION, RECALL, TRIMAP_MIOU, metric_key
 from lit_ppool.training.weights import create_model, skip_pretrained_weights
 
 __all__ = ["ConfigError", "LOSSES", "PPoolSegmentationModule", "available_archs", "available_encoders"]
@@ -356,22 +357,23 @@ class PPoolSegmentationModule(L.LightningModule):
         num_classes, ignore_index = self.hparams.num_classes, self.hparams.ignore_index
         labels = list(self.class_names)
         per_class = dict(num_classes=num_classes, average="none", ignore_index=ignore_index, validate_args=False)
-        classwise = {
-            "IoU": MulticlassJaccardIndex(**per_class),
+        classwise = {  # the metric names of the run record (lit_ppool.training.record)
+            IOU: MulticlassJaccardIndex(**per_class),
             # the macro boundary_IoU is the mean of these (see _log_metrics): the bands are computed once
-            "boundary_IoU": BoundaryIoU(**per_class),
+            BOUNDARY_IOU: BoundaryIoU(**per_class),
             # zero_division=0: torchmetrics accepts only 0 or 1, so an absent class scores 0 (see the class docstring)
-            "F1": MulticlassF1Score(**per_class, zero_division=0),
-            "precision": MulticlassPrecision(**per_class, zero_division=0),
-            "recall": MulticlassRecall(**per_class, zero_division=0),
+            F1: MulticlassF1Score(**per_class, zero_division=0),
+            PRECISION: MulticlassPrecision(**per_class, zero_division=0),
+            RECALL: MulticlassRecall(**per_class, zero_division=0),
         }
         return MetricCollection(
             {
-                "mIoU": MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index, validate_args=False),
-                "pixel_acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index, validate_args=False),
-                "trimap_mIoU": TrimapJaccardIndex(
+                MIOU: MulticlassJaccardIndex(num_classes, average="macro", ignore_index=ignore_index, validate_args=False),
+                PIXEL_ACC: MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index, validate_args=False),
+                TRIMAP_MIOU: TrimapJaccardIndex(
                     num_classes, self.hparams.boundary_width, ignore_index, validate_args=False
                 ),
+                # keys <prefix><family>/<class>, as metric_key(stage, family, class) builds them
                 **{name: ClasswiseWrapper(metric, labels, prefix=f"{name}/") for name, metric in classwise.items()},
             },
             prefix=prefix,
@@ -465,9 +467,9 @@ class PPoolSegmentationModule(L.LightningModule):
         """Log the stage's dataset-level metrics (synchronised across processes by torchmetrics) and reset them."""
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         values = metrics.compute()
-        per_class = [value for key, value in values.items() if key.startswith(f"{stage}/boundary_IoU/")]
+        per_class = [value for key, value in values.items() if key.startswith(metric_key(stage, BOUNDARY_IOU, ""))]
         # BoundaryIoU(average="macro") is the mean over the classes present (nan for the absent ones)
-        values[f"{stage}/boundary_IoU"] = torch.stack(per_class).nanmean()
+        values[metric_key(stage, BOUNDARY_IOU)] = torch.stack(per_class).nanmean()
         scalars = {key: value for key, value in values.items() if key.count("/") == 1}
         self.log_dict(scalars, prog_bar=True)
         self.log_dict({key: value for key, value in values.items() if key not in scalars})
@@ -511,5 +513,5 @@ class PPoolSegmentationModule(L.LightningModule):
         scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval, "monitor": "val/mIoU"},
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval, "monitor": metric_key("val", MIOU)},
         }
