@@ -62,8 +62,9 @@ EVAL_SUBCOMMANDS = ("validate", "test", "predict")
 _KNOWN_HARMLESS_WARNINGS = (
     # torchdata's StatefulDataLoader calls the deprecated torch.set_vital
     (r"'set_vital' is deprecated", UserWarning, r"torchdata\.stateful_dataloader"),
-    # Lightning's own pytree helper builds torch's deprecated LeafSpec
-    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\.utilities\._pytree"),
+    # Lightning's pytree helper (CombinedLoader's) builds torch's deprecated LeafSpec; matched by any module of
+    # lightning.pytorch, so that no private module is named
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\."),
 )
 
 # Third-party advertising that every run would print: (message, module that logs it). Lightning logs

@@ -276,7 +276,7 @@ def test_invalid_arguments(kwargs, match):
         AlphaMonitor(**kwargs)
 
 
-def test_wandb_mode_follows_argument_then_environment_then_offline(monkeypatch):
+def test_wandb_mode_follows_argument_then_environment_then_offline(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert resolve_wandb_mode() == "offline"
     monkeypatch.setenv("WANDB_MODE", "online")
@@ -287,7 +287,13 @@ def test_wandb_mode_follows_argument_then_environment_then_offline(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     with pytest.raises(ValueError, match="log_model"):
         WandbLogger(log_model=True)
-    assert WandbLogger(mode="online")._wandb_init["mode"] == "online"  # nothing is started before the first log
+    started = []  # the keyword arguments of each wandb.init
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: started.append(kwargs) or object())
+    monkeypatch.setattr(wandb, "run", None)  # no run in progress, which the logger would reuse
+    logger = WandbLogger(mode="online", save_dir=str(tmp_path))
+    assert started == []  # nothing is started before the first log
+    assert logger.experiment is not None  # the first use starts the run
+    assert [kwargs["mode"] for kwargs in started] == ["online"]
 
 
 def test_quickstart_cli_logs_alpha_config_and_plot_without_network(tmp_path, monkeypatch):
