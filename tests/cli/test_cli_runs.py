@@ -255,8 +255,7 @@ def test_lightning_pytree_deprecation_is_filtered_where_lightning_raises_it():
             CombinedLoader({"a": [1, 2], "b": [3]})
         return [str(w.message) for w in caught if "LeafSpec" in str(w.message)]
 
-    if not leafspec_warnings(quiet=False):
-        pytest.skip("this torch does not deprecate LeafSpec (nothing to filter)")
+    # torch 2.14 deprecates LeafSpec, so Lightning warns here unless the filter works (a later torch may not)
     assert leafspec_warnings(quiet=True) == []
 
 
