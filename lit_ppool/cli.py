@@ -15,10 +15,6 @@ Usage::
     lit-ppool compare --config configs/benchmark.yaml --poolings max,avg,p --seeds 10
     lit-ppool export --ckpt_path <run>/checkpoints/last.ckpt --output exported/
     lit-ppool --version
-
-Shell completion comes with jsonargparse: with ``argcomplete`` installed,
-``eval "$(register-python-argcomplete lit-ppool)"`` completes the subcommands and the options of
-``compare`` and ``export``.
 """
 
 from __future__ import annotations
