@@ -15,40 +15,43 @@ the last ``val/*`` and ``test/*`` values of ``<run>/metrics.csv``), the training
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
+import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import ArgumentParser
 from torch import nn
 
-__all__ = ["main"]
+__all__ = ["add_arguments", "export_checkpoint"]
 
 DEFAULT_OPSET = 18
+SUMMARY = "A shareable model folder (smp / Hub layout) or ONNX, with a model card, from a checkpoint."
+DESCRIPTION = """\
+Export a lit-ppool training checkpoint: the smp / Hugging Face Hub layout that
+lit_ppool.from_pretrained loads (--format hub), or ONNX (--format onnx), with a model card.
+"""
+EPILOG = None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lit-ppool export",
-        description="Export a lit-ppool training checkpoint: the smp / Hugging Face Hub layout that "
-        "lit_ppool.from_pretrained loads (--format hub), or ONNX (--format onnx), with a model card.",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="training checkpoint (e.g. <run>/checkpoints/last.ckpt)")
-    parser.add_argument("--output", required=True, help="folder to write (created)")
+def add_arguments(parser: ArgumentParser) -> None:
+    """Add the options of ``lit-ppool export`` (the arguments of :func:`export_checkpoint`) to its parser."""
+    parser.add_argument("--ckpt_path", type=str, required=True, help="training checkpoint (e.g. <run>/checkpoints/last.ckpt)")
+    parser.add_argument("--output", type=str, required=True, help="folder to write (created)")
     parser.add_argument(
-        "--format", choices=["hub", "onnx"], default="hub", help="hub (default): config.json, model.safetensors, README.md; onnx: model.onnx, README.md"
+        "--format", choices=["hub", "onnx"], default="hub", help="hub: config.json, model.safetensors, README.md; onnx: model.onnx, README.md"
     )
     parser.add_argument("--bake", action="store_true", help="turn P-pooling layers whose alpha sits at a limit into native pooling (error measured)")
-    parser.add_argument("--bake_atol", "--bake-atol", type=float, default=1e-4, help="largest max abs output difference a baked layer may make (default 1e-4)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--bake_atol", type=float, default=1e-4, help="largest max abs output difference a baked layer may make")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     parser.add_argument(
-        "--example_size", "--example-size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"),
-        help="height and width of the random example input used to trace ONNX and measure baking (default 64 64)",
-    )
-    return parser
+        "--example_size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"),
+        help="height and width of the random example input used to trace ONNX and measure baking",
+    )  # fmt: skip
 
 
 def _load_module(ckpt_path: Path) -> Any:
@@ -160,30 +163,55 @@ def _export_onnx(model: nn.Module, folder: Path, example: torch.Tensor, opset: i
     )
 
 
-def _export(args: argparse.Namespace) -> int:
+def export_checkpoint(
+    ckpt_path: str | Path,
+    output: str | Path,
+    format: str = "hub",
+    bake: bool = False,
+    bake_atol: float = 1e-4,
+    opset: int = DEFAULT_OPSET,
+    example_size: Sequence[int] = (64, 64),
+) -> None:
+    """``lit-ppool export``: write the checkpoint's model to ``output`` with a model card.
+
+    Args:
+        ckpt_path: A training checkpoint of a lit-ppool run (``<run>/checkpoints/last.ckpt``).
+        output: The folder to write (created).
+        format: ``"hub"`` (config.json, model.safetensors, README.md: what :func:`lit_ppool.from_pretrained`
+            loads) or ``"onnx"`` (model.onnx, README.md).
+        bake: Turn P-pooling layers whose alpha sits at a limit into native pooling (the error is measured).
+        bake_atol: The largest max abs output difference a baked layer may make.
+        opset: The ONNX opset.
+        example_size: Height and width of the random example input that traces ONNX and measures baking.
+
+    Raises:
+        FileNotFoundError: ``ckpt_path`` does not exist or is not a checkpoint file.
+        ValueError: ``ckpt_path`` is not a checkpoint of a lit-ppool run.
+        FileExistsError: ``output`` is a file.
+    """
     from lit_ppool.sharing import model_card, save_pretrained
     from lit_ppool.training.runs import run_dir_of
 
-    ckpt_path = Path(args.ckpt_path).expanduser()
-    output = Path(args.output).expanduser()
+    ckpt_path = Path(ckpt_path).expanduser()
+    output = Path(output).expanduser()
     if output.is_file():
         raise FileExistsError(f"Expected --output to be a folder, but got the file {output}.")
     module = _load_module(ckpt_path)
     model = module.model.eval()
     run_dir = run_dir_of(ckpt_path)
     in_channels = model.config.get("in_channels", 3)
-    example = torch.rand(1, in_channels, *args.example_size)
+    example = torch.rand(1, in_channels, *example_size)
     sections: dict[str, str] = {"Exported from": f"The checkpoint `{ckpt_path.name}` of the run `{run_dir.name}` (`lit-ppool export`)."}
-    if args.bake:
-        sections["Baked pooling"] = _bake(model, example, args.bake_atol)
+    if bake:
+        sections["Baked pooling"] = _bake(model, example, bake_atol)
     plot = run_dir / "alpha.png"
     card = {"metrics": run_metrics(ckpt_path), "training_config": _training_config(run_dir, dict(module.hparams))}
-    if args.format == "hub":
+    if format == "hub":
         save_pretrained(model, output, alpha_plot=plot if plot.is_file() else None, sections=sections, **card)
         print(f"lit-ppool export: wrote {output} (config.json, model.safetensors, README.md); load it with lit_ppool.from_pretrained({str(output)!r})")
-        return 0
+        return
     output.mkdir(parents=True, exist_ok=True)
-    sections["ONNX"] = _export_onnx(model, output, example, args.opset)
+    sections["ONNX"] = _export_onnx(model, output, example, opset)
     if plot.is_file():
         (output / "alpha.png").write_bytes(plot.read_bytes())
     loading = (
@@ -193,21 +221,3 @@ def _export(args: argparse.Namespace) -> int:
     )
     text = model_card(model, plot_name="alpha.png" if plot.is_file() else None, sections=sections, loading=loading, **card)
     (output / "README.md").write_text(text)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``lit-ppool export`` with ``argv`` (the arguments after ``export``); return the exit code.
-
-    Errors about the input (a missing or foreign checkpoint, an output that is a file) print
-    one line and return 2, like the other ``lit-ppool`` commands.
-
-    Example:
-        >>> main(["--help"])  # doctest: +SKIP
-    """
-    args = _parser().parse_args(sys.argv[2:] if argv is None else argv)
-    try:
-        return _export(args)
-    except (ValueError, OSError) as err:
-        print(f"lit-ppool export: error: {err}", file=sys.stderr)
-        return 2

@@ -10,7 +10,6 @@ A run counts as finished once its ``test-last.json`` exists; ``fit`` is called w
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import subprocess
 import sys
@@ -18,21 +17,61 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+
+from jsonargparse import ArgumentParser
+from jsonargparse.typing import register_type
 
 from lit_ppool.compare.report import Comparison, write_report
 from lit_ppool.layers.registry import available_poolings
+from lit_ppool.training.errors import ConfigError
+from lit_ppool.training.lightning_cli import run_cli
 from lit_ppool.training.record import RESULT_FILE, load_results
 
-__all__ = ["Run", "main", "plan_runs"]
+__all__ = ["Names", "Run", "Seeds", "add_arguments", "plan_runs", "run_comparison", "split_overrides"]
 
+SUMMARY = "Poolings x seeds of a config (fit, then test), with error bars."
+DESCRIPTION = """\
+Run a config for several poolings x seeds (fit, then test of the last checkpoint),
+then write compare.md, compare.csv, runs.csv and compare.png.
+"""
 EPILOG = """\
 Every other argument is a LightningCLI override passed to each run's fit and test, e.g.
 --trainer.max_epochs=2. Examples:
   lit-ppool compare --config configs/benchmark.yaml --poolings max,avg,p --seeds 10
-  lit-ppool compare --config configs/benchmark.yaml --print-commands   # one line per run, for a cluster
+  lit-ppool compare --config configs/benchmark.yaml --print_commands   # one line per run, for a cluster
   lit-ppool compare --aggregate compare_benchmark                      # tables from finished run folders
 """
+
+# compare's own options that take a value, and its flags; every other argument is a LightningCLI override of its runs
+VALUE_OPTIONS = ("--config", "--poolings", "--seeds", "--output", "--name", "--aggregate")
+FLAG_OPTIONS = ("-h", "--help", "--print_commands")
+
+
+class Names(list):
+    """The value of ``--poolings``: names given as ``max,avg,p`` or as a list, ``[max, avg, p]``."""
+
+
+class Seeds(list):
+    """A list of seeds for ``--seeds``: ``0,7,9`` or ``[0, 7, 9]`` (a single int there is a count)."""
+
+
+def _items(value: str | Sequence) -> list[str]:
+    """The items of ``a,b,c``, or of a list (jsonargparse has loaded ``[a, b, c]`` already)."""
+    return [str(item).strip() for item in (value.split(",") if isinstance(value, str) else value)]
+
+
+def _seeds(value: str | Sequence) -> Seeds:
+    """:class:`Seeds` from ``0,7,9`` or ``[0, 7, 9]``."""
+    try:
+        return Seeds(int(item) for item in _items(value))
+    except (TypeError, ValueError):
+        raise ValueError(f"Expected a count or a list of ints (0,7,9 or [0, 7, 9]), but got {value!r}.") from None
+
+
+register_type(Names, serializer=list, deserializer=lambda value: Names(_items(value)))
+register_type(Seeds, serializer=list, deserializer=_seeds)
 
 
 @dataclass(frozen=True)
@@ -76,51 +115,65 @@ def plan_runs(output: Path, poolings: Sequence[str], seeds: Sequence[int]) -> li
     return [Run(p, s, output / p / f"seed_{s}") for p in poolings for s in seeds]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lit-ppool compare",
-        description="Run a config for several poolings x seeds (fit, then test of the last checkpoint), "
-        "then write compare.md, compare.csv, runs.csv and compare.png.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(parser: ArgumentParser) -> None:
+    """Add compare's own options (:data:`VALUE_OPTIONS` and :data:`FLAG_OPTIONS`) to ``lit-ppool compare``'s parser."""
     parser.add_argument("--config", action="append", default=[], help="base config (repeat to layer overlays)")
-    parser.add_argument("--poolings", default="max,p", help="comma-separated registry names; the first is the reference")
-    parser.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a comma-separated list of seeds")
-    parser.add_argument("--output", help="folder of the runs and tables (default: compare_<config name>)")
-    parser.add_argument("--name", help="experiment name: W&B group and tag (default: the output folder's name)")
-    parser.add_argument("--print-commands", action="store_true", help="print each run's fit && test command and exit")
-    parser.add_argument("--aggregate", metavar="DIR", help="only build the tables from the run results under DIR")
-    return parser
+    parser.add_argument(
+        "--poolings", type=Names | None, default=None, metavar="NAMES",
+        help="registry names, max,avg,p or [max, avg, p]; the first is the reference. Unset: max,p (with --aggregate: every pooling found)",
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int | Seeds, default=3, help="a count N (seeds 0..N-1), or the seeds: 0,7,9 or [0, 7, 9]")
+    parser.add_argument("--output", type=str | None, metavar="DIR", help="folder of the runs and tables. Unset: compare_<config name>")
+    parser.add_argument("--name", type=str | None, help="experiment name: W&B group and tag. Unset: the output folder's name")
+    parser.add_argument("--print_commands", action="store_true", help="print each run's fit && test command and exit")
+    parser.add_argument("--aggregate", type=str | None, metavar="DIR", help="only build the tables from the run results under DIR")
 
 
-def _poolings(text: str, parser: argparse.ArgumentParser) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
+def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """compare's own arguments, and the LightningCLI overrides of its runs: every other argument, in order
+    (after ``--``, all of them; the ``--`` itself is dropped).
+
+    Example:
+        >>> split_overrides(["--config", "a.yaml", "--trainer.max_steps=2", "--data", "my.yaml", "--seeds=2", "--print_commands"])
+        (['--config', 'a.yaml', '--seeds=2', '--print_commands'], ['--trainer.max_steps=2', '--data', 'my.yaml'])
+    """
+    own, overrides = [], []
+    rest = iter(args)
+    for arg in rest:
+        option = arg.split("=", 1)[0]
+        if arg == "--":
+            overrides += rest
+        elif option in VALUE_OPTIONS:
+            own += [arg] if "=" in arg else [arg, *islice(rest, 1)]  # the option and its value
+        elif option in FLAG_OPTIONS:
+            own.append(arg)
+        else:
+            overrides.append(arg)
+    return own, overrides
+
+
+def _checked_poolings(poolings: Sequence[str]) -> list[str]:
+    """``poolings`` as a list, if they are registry names without repeats."""
+    names = list(poolings)
     unknown = [name for name in names if name not in available_poolings()]
     if not names or unknown:
-        parser.error(f"Expected --poolings to be registry names from {available_poolings()}, but got {text!r}.")
+        raise ConfigError(f"Expected --poolings to be registry names from {available_poolings()}, but got {names}.")
     if len(set(names)) != len(names):
-        parser.error(f"Expected --poolings without repeats, but got {text!r}.")
+        raise ConfigError(f"Expected --poolings without repeats, but got {names}.")
     return names
 
 
-def _seeds(text: str, parser: argparse.ArgumentParser) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        parser.error(f"Expected --seeds to be a count or a list of ints, but got {text!r}.")
-    if len(values) == 1:
-        if values[0] < 1:
-            parser.error(f"Expected --seeds to be a count >= 1 (or a list of seeds), but got {text!r}.")
-        return list(range(values[0]))
-    return values
+def _seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """The seeds of a count N (``0..N-1``) or of a list, if there is one at least."""
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seed_list:
+        raise ConfigError(f"Expected --seeds to be a count >= 1 or a list of seeds, but got {seeds}.")
+    return seed_list
 
 
 def _check_config(configs: Sequence[str], overrides: Sequence[str], poolings: Sequence[str]) -> None:
     """Build each pooling's model, data and trainer as ``fit`` would (no training), and the fit and test
     datasets (a run tests after it trains): bad configs and missing splits fail here."""
-    from lit_ppool.cli import run_cli
-
     for index, pooling in enumerate(poolings):
         args = [a for c in configs for a in ("--config", c)] + [*overrides, f"--model.pooling={pooling}", "--model.pooling_kwargs=null"]
         with warnings.catch_warnings():  # LightningCLI warns that sys.argv (compare's own) is not what it parses
@@ -158,49 +211,77 @@ def _run_all(runs: Sequence[Run], configs: Sequence[str], overrides: Sequence[st
     return failures
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lit-ppool compare``; returns the exit status (non-zero if a run failed)."""
-    parser = _parser()
-    options, overrides = parser.parse_known_args(sys.argv[2:] if argv is None else list(argv))
-    overrides = [arg for arg in overrides if arg != "--"]
-    poolings = _poolings(options.poolings, parser)
-    if options.aggregate:
-        folder = Path(options.aggregate)
-        results = load_results(folder)
-        if not results:
-            parser.error(f"Expected run results ({RESULT_FILE}) under {str(folder)!r}, but found none.")
-        explicit = "--poolings" in (argv or sys.argv)
-        paths = write_report(Comparison(results, poolings if explicit else None), folder, f"Comparison: {folder.name}",
-                             [f"aggregated from {len(results)} run(s) under {folder}"])  # fmt: skip
-        print(paths["compare.md"].read_text())
-        return 0
-    if not options.config:
-        parser.error("Expected --config (the base config of every run), or --aggregate DIR.")
-    seeds = _seeds(options.seeds, parser)
-    output = Path(options.output or f"compare_{Path(options.config[0]).stem}")
-    experiment = options.name or output.name
-    runs = plan_runs(output, poolings, seeds)
-    if options.print_commands:
-        for run in runs:
-            run.directory.mkdir(parents=True, exist_ok=True)
-            (run.directory / "run.yaml").write_text(run.overlay(experiment, output))
-            fit, test = run.commands(options.config, overrides)
-            print(f"{shlex.join(['lit-ppool', *fit])} && {shlex.join(['lit-ppool', *test])}")
-        return 0
-    from lit_ppool.training.errors import ConfigError  # imports Lightning: not for --help or --print-commands
+def _aggregate(folder: Path, poolings: Sequence[str] | None) -> int:
+    """Build the tables from the run results under ``folder`` (every pooling found if ``poolings`` is ``None``)."""
+    results = load_results(folder)
+    if not results:
+        raise ConfigError(f"Expected run results ({RESULT_FILE}) under {str(folder)!r}, but found none.")
+    paths = write_report(Comparison(results, poolings), folder, f"Comparison: {folder.name}",
+                         [f"aggregated from {len(results)} run(s) under {folder}"])  # fmt: skip
+    print(paths["compare.md"].read_text())
+    return 0
 
-    try:
-        _check_config(options.config, overrides, poolings)
-    except ConfigError as err:  # the datasets' errors (run_cli reports the others itself)
-        parser.error(str(err))
-    failures = _run_all(runs, options.config, overrides, experiment, output)
-    results = [r for r in load_results(output) if r.pooling in poolings and r.seed in seeds]
-    notes = [f"config: {', '.join(options.config)}{' ' + shlex.join(overrides) if overrides else ''}",
-             f"poolings: {', '.join(poolings)}; seeds: {', '.join(map(str, seeds))}; "
+
+def _print_commands(runs: Sequence[Run], configs: Sequence[str], overrides: Sequence[str], experiment: str, output: Path) -> int:
+    """Write each run's overlay and print its ``lit-ppool fit ... && lit-ppool test ...`` line."""
+    for run in runs:
+        run.directory.mkdir(parents=True, exist_ok=True)
+        (run.directory / "run.yaml").write_text(run.overlay(experiment, output))
+        fit, test = run.commands(configs, overrides)
+        print(f"{shlex.join(['lit-ppool', *fit])} && {shlex.join(['lit-ppool', *test])}")
+    return 0
+
+
+def run_comparison(
+    config: Sequence[str] = (),
+    poolings: Sequence[str] | None = None,
+    seeds: int | Sequence[int] = 3,
+    output: str | Path | None = None,
+    name: str | None = None,
+    print_commands: bool = False,
+    aggregate: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> int:
+    """``lit-ppool compare``: fit and test every (pooling, seed) run of a config, then write the tables.
+
+    Args:
+        config: The base config of every run, then its overlays (``--config``, repeated).
+        poolings: Registry names; the first is the reference of the paired differences. ``None``:
+            ``max`` and ``p``, or with ``aggregate`` every pooling found.
+        seeds: A count N (seeds ``0..N-1``) or the seeds.
+        output: The folder of the runs and tables (``compare_<config name>`` if ``None``).
+        name: The experiment name: W&B group and tag (the output folder's name if ``None``).
+        print_commands: Only write each run's overlay and print its fit and test command.
+        aggregate: Only build the tables from the run results under this folder.
+        overrides: LightningCLI arguments for each run's fit and test, e.g. ``["--trainer.max_epochs=2"]``.
+
+    Returns:
+        The exit status: 0, or 1 if a run failed (the others still run).
+
+    Raises:
+        ConfigError: Unknown or repeated poolings, a seed count below 1, no ``config``, no results
+            under ``aggregate``, or a config that ``fit`` would reject; before any run.
+    """
+    checked = _checked_poolings(["max", "p"] if poolings is None else poolings)
+    if aggregate is not None:
+        return _aggregate(Path(aggregate), None if poolings is None else checked)
+    if not config:
+        raise ConfigError("Expected --config (the base config of every run), or --aggregate DIR.")
+    seed_list = _seed_list(seeds)
+    output = Path(output or f"compare_{Path(config[0]).stem}")
+    experiment = name or output.name
+    runs = plan_runs(output, checked, seed_list)
+    if print_commands:
+        return _print_commands(runs, config, overrides, experiment, output)
+    _check_config(config, overrides, checked)
+    failures = _run_all(runs, config, overrides, experiment, output)
+    results = [r for r in load_results(output) if r.pooling in checked and r.seed in seed_list]
+    notes = [f"config: {', '.join(config)}{' ' + shlex.join(overrides) if overrides else ''}",
+             f"poolings: {', '.join(checked)}; seeds: {', '.join(map(str, seed_list))}; "
              f"{len(results)} of {len(runs)} runs with results; metrics of the last checkpoint on the test split"]  # fmt: skip
     notes += [f"missing: {failure}" for failure in failures]
     if results:
-        paths = write_report(Comparison(results, poolings), output, f"Comparison: {experiment}", notes)
+        paths = write_report(Comparison(results, checked), output, f"Comparison: {experiment}", notes)
         print(paths["compare.md"].read_text())
     for failure in failures:
         print(f"lit-ppool compare: {failure}", file=sys.stderr)

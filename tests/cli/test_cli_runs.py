@@ -13,10 +13,11 @@ import segmentation_models_pytorch as smp
 import torch
 
 from lit_ppool import PPoolSegmentationModule, __version__, swap_pooling
-from lit_ppool.cli import _quiet_known_warnings, main, plain_text, run_cli
+from lit_ppool.cli import main, run_cli
 from lit_ppool.kernels import cpu
 from lit_ppool.surgery import NothingSwappedWarning
 from lit_ppool.training.errors import ConfigError
+from lit_ppool.training.lightning_cli import _quiet_known_warnings, plain_text
 
 from helpers.tiny import CONFIGS, ROOT, TINY_FIT
 

@@ -93,13 +93,13 @@ def test_the_crackforest_config_runs_on_a_tiny_clone(tmp_path):
 
 
 def test_compare_finds_a_missing_test_split_before_any_run(tmp_path, monkeypatch, capsys):
-    from lit_ppool.compare.runner import main as compare_main
+    from lit_ppool.cli import main
 
     write_user_folder(tmp_path / "my_cracks")
     (tmp_path / "my_data.yaml").write_text(USER_DATA + "  split: [0.8, 0.2, 0.0]\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        compare_main(["--config", str(CONFIGS / "crackforest.yaml"), "--data", "my_data.yaml", "--seeds", "1", "--output", "cmp"])
+        main(["compare", "--config", str(CONFIGS / "crackforest.yaml"), "--data", "my_data.yaml", "--seeds", "1", "--output", "cmp"])
     assert info.value.code == 2 and "Expected a test split" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from lit_ppool.cli import main
 from lit_ppool.compare import Comparison, RunResult, load_results, paired_difference, summarize, write_report
-from lit_ppool.compare.runner import main as compare_main
 from lit_ppool.compare.stats import student_t_quantile
 
 from helpers.tiny import QUICKSTART
@@ -24,6 +24,11 @@ TINY = [
     "--data.init_args.train_size=8", "--data.init_args.val_size=2", "--data.init_args.test_size=4",
     "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=2",
 ]  # fmt: skip
+
+
+def compare_main(args):
+    """`lit-ppool compare ARGS`: its exit status."""
+    return main(["compare", *args])
 
 
 # --- statistics ------------------------------------------------------------------------------------------
@@ -196,7 +201,7 @@ def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, ca
 def test_print_commands_run_as_printed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["--config", QUICKSTART, "--poolings", "p", "--seeds", "1", "--output", "cmp", *TINY]
-    assert compare_main([*args, "--print-commands"]) == 0
+    assert compare_main([*args, "--print_commands"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("lit-ppool fit ") and " && lit-ppool test " in line
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])  # the lit-ppool script

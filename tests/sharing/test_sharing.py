@@ -321,10 +321,10 @@ def trained_run(tmp_path_factory):
 
 
 def test_export_hub_from_a_checkpoint(trained_run, tmp_path, capsys):
-    from lit_ppool.export import main
+    from lit_ppool.cli import main
 
     ckpt, model = trained_run
-    assert main(["--ckpt_path", str(ckpt), "--output", str(tmp_path / "out")]) == 0
+    assert main(["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "out")]) == 0
     assert "lit_ppool.from_pretrained" in capsys.readouterr().out
     _assert_same_model(from_pretrained(tmp_path / "out"), model)
     card = (tmp_path / "out" / "README.md").read_text()
@@ -336,10 +336,10 @@ def test_export_hub_from_a_checkpoint(trained_run, tmp_path, capsys):
 
 
 def test_export_bake_reports_what_it_kept(trained_run, tmp_path, capsys):
-    from lit_ppool.export import main
+    from lit_ppool.cli import main
 
     ckpt, model = trained_run
-    assert main(["--ckpt_path", str(ckpt), "--output", str(tmp_path), "--bake", "--example_size", "32", "32"]) == 0
+    assert main(["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path), "--bake", "--example_size", "32", "32"]) == 0
     assert "kept encoder.maxpool: alpha = " in capsys.readouterr().out  # two steps leave alpha near 1: no limit
     assert "## Baked pooling" in (tmp_path / "README.md").read_text()
     _assert_same_model(from_pretrained(tmp_path), model)
@@ -348,10 +348,10 @@ def test_export_bake_reports_what_it_kept(trained_run, tmp_path, capsys):
 def test_export_onnx_from_a_checkpoint(trained_run, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
-    from lit_ppool.export import main
+    from lit_ppool.cli import main
 
     ckpt, _ = trained_run
-    assert main(["--ckpt_path", str(ckpt), "--output", str(tmp_path), "--format", "onnx", "--opset", "18", "--example-size", "32", "32"]) == 0
+    assert main(["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path), "--format", "onnx", "--opset", "18", "--example_size", "32", "32"]) == 0
     out = capsys.readouterr().out
     assert "onnx.checker passed" in out and ("onnxruntime is not installed" in out or "max abs difference" in out)
     proto = onnx.load(str(tmp_path / "model.onnx"))
@@ -385,10 +385,10 @@ def test_exported_onnx_matches_torch_at_the_traced_size_and_two_others(variant, 
     import onnxruntime
 
     from lit_ppool import PPoolSegmentationModule
-    from lit_ppool.export import main
+    from lit_ppool.cli import main
 
     ckpt = _checkpoint_variant(trained_run[0], tmp_path / "run", variant)
-    args = ["--ckpt_path", str(ckpt), "--output", str(tmp_path / "onnx"), "--format", "onnx", "--example_size", "64", "64"]
+    args = ["export", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "onnx"), "--format", "onnx", "--example_size", "64", "64"]
     assert main([*args, "--bake"] if variant == "baked" else args) == 0
     assert "onnx.checker passed; onnxruntime" in capsys.readouterr().out
     model = PPoolSegmentationModule.load_from_checkpoint(ckpt, map_location="cpu").model.eval()
@@ -409,11 +409,11 @@ def test_exported_onnx_matches_torch_at_the_traced_size_and_two_others(variant, 
 
 
 def test_export_errors_are_one_line(tmp_path, capsys):
-    from lit_ppool.export import main
+    from lit_ppool.cli import main
 
-    assert main(["--ckpt_path", str(tmp_path / "missing.ckpt"), "--output", str(tmp_path / "out")]) == 2
+    assert main(["export", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "missing.ckpt' does not exist" in err and err.count("\n") == 1
     (tmp_path / "bad.ckpt").write_text("not a checkpoint")
-    assert main(["--ckpt_path", str(tmp_path / "bad.ckpt"), "--output", str(tmp_path / "out")]) == 2
+    assert main(["export", "--ckpt_path", str(tmp_path / "bad.ckpt"), "--output", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("lit-ppool export: error: Expected --ckpt_path")

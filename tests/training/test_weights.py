@@ -301,9 +301,7 @@ def test_every_ckpt_path_command_runs_offline_with_an_empty_cache(hub, tmp_path,
     assert len(list((last.parent.parent / "predictions" / "last").glob("*.png"))) == 2
     resumed = run_cli(["fit", *config, "--ckpt_path", "last", "--trainer.max_epochs=2"])
     assert resumed.trainer.global_step == 4  # two steps from the checkpoint, two more
-    from lit_ppool.export import main as export_main
-
-    assert export_main(["--ckpt_path", str(last), "--output", str(tmp_path / "exported")]) == 0
+    assert main(["export", "--ckpt_path", str(last), "--output", str(tmp_path / "exported")]) == 0
     assert (tmp_path / "exported" / "model.safetensors").is_file()
 
     # no run to resume: the pretrained weights are needed after all, and missing here
