@@ -16,8 +16,6 @@ the last ``val/*`` and ``test/*`` values of ``<run>/metrics.csv``), the training
 from __future__ import annotations
 
 import csv
-import sys
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path

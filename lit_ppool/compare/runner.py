@@ -24,7 +24,7 @@ from jsonargparse import ArgumentParser
 from jsonargparse.typing import register_type
 
 from lit_ppool.compare.report import Comparison, write_report
-from lit_ppool.layers.registry import available_poolings
+from lit_ppool.layers.registry import REFERENCE_POOLING, available_poolings
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.lightning_cli import run_cli
 from lit_ppool.training.record import RESULT_FILE, load_results
@@ -262,7 +262,7 @@ def run_comparison(
         ConfigError: Unknown or repeated poolings, a seed count below 1, no ``config``, no results
             under ``aggregate``, or a config that ``fit`` would reject; before any run.
     """
-    checked = _checked_poolings(["max", "p"] if poolings is None else poolings)
+    checked = _checked_poolings([REFERENCE_POOLING, "p"] if poolings is None else poolings)
     if aggregate is not None:
         return _aggregate(Path(aggregate), None if poolings is None else checked)
     if not config:

@@ -31,6 +31,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
+from lit_ppool.layers.registry import NATIVE_POOL_TYPES
 from lit_ppool.training.errors import ConfigError
 
 __all__ = [
@@ -428,7 +429,7 @@ def _in_pooling(encoder: nn.Module, key: str) -> bool:
         except AttributeError:
             parts.pop()
             continue
-        return isinstance(module, (nn.MaxPool2d, nn.AvgPool2d))
+        return isinstance(module, NATIVE_POOL_TYPES)
     return False
 
 
