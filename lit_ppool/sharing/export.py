@@ -16,8 +16,6 @@ the last ``val/*`` and ``test/*`` values of ``<run>/metrics.csv``), the training
 from __future__ import annotations
 
 import csv
-import sys
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,9 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentParser
 from torch import nn
+
+from lit_ppool.sharing.card import model_card
+from lit_ppool.sharing.hub import save_pretrained
 
 __all__ = ["add_arguments", "export_checkpoint"]
 
@@ -189,7 +190,6 @@ def export_checkpoint(
         ValueError: ``ckpt_path`` is not a checkpoint of a lit-ppool run.
         FileExistsError: ``output`` is a file.
     """
-    from lit_ppool.sharing import model_card, save_pretrained
     from lit_ppool.training.runs import run_dir_of
 
     ckpt_path = Path(ckpt_path).expanduser()
