@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 # `import lit_ppool` for the op alone does not import Lightning and smp.
 _TRAINING_EXPORTS = {
     "PPoolSegmentationModule": "lit_ppool.training.module",
-    "PaletteMaskWriter": "lit_ppool.training.writer",
+    "PaletteMaskWriter": "lit_ppool.training.callbacks.writer",
     "TrimapJaccardIndex": "lit_ppool.training.metrics",
     "BoundaryIoU": "lit_ppool.training.metrics",
     "SegmentationDataModule": "lit_ppool.training.data.base",
@@ -28,9 +28,9 @@ _TRAINING_EXPORTS = {
     "CamVidDataModule": "lit_ppool.training.data.camvid",
     "CrackForestDataModule": "lit_ppool.training.data.crackforest",
     "FolderDataModule": "lit_ppool.training.data.folder",
-    "AlphaMonitor": "lit_ppool.training.alpha_monitor",
-    "AtomicCheckpointIO": "lit_ppool.training.checkpointing",
-    "RandomStateCheckpoint": "lit_ppool.training.checkpointing",
+    "AlphaMonitor": "lit_ppool.training.callbacks.alpha_monitor",
+    "AtomicCheckpointIO": "lit_ppool.training.plugins.checkpoint_io",
+    "RandomStateCheckpoint": "lit_ppool.training.callbacks.random_state",
     "NonFiniteLossError": "lit_ppool.training.faults",
 }
 __all__ += list(_TRAINING_EXPORTS)

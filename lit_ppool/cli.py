@@ -4,9 +4,9 @@
 are LightningCLI: :class:`~lit_ppool.training.lightning_cli.PPoolCLI` parses their whole command
 line (``--config``, ``--print_config``, every ``--model.*``, ``--data.*`` and ``--trainer.*``).
 ``compare`` and ``export`` are parsed here, with the options that
-:func:`lit_ppool.compare.runner.add_arguments` and :func:`lit_ppool.export.add_arguments` declare,
+:func:`lit_ppool.compare.runner.add_arguments` and :func:`lit_ppool.sharing.export.add_arguments` declare,
 and run by :func:`~lit_ppool.compare.runner.run_comparison` and
-:func:`~lit_ppool.export.export_checkpoint`. The imports run one way: this module on top,
+:func:`~lit_ppool.sharing.export.export_checkpoint`. The imports run one way: this module on top,
 then ``compare`` and ``export``, then :mod:`lit_ppool.training.lightning_cli`.
 
 Usage::
@@ -28,8 +28,9 @@ from collections.abc import Sequence
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
 from lightning.pytorch import Trainer
 
-from lit_ppool import __version__, export
+from lit_ppool import __version__
 from lit_ppool.compare import runner
+from lit_ppool.sharing import export
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.lightning_cli import PPoolCLI, run_cli
 

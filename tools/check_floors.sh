@@ -61,7 +61,7 @@ unset PYTHONPATH  # the tests import the package installed above (this checkout,
 export WANDB_MODE=offline MPLBACKEND=Agg TORCH_EXTENSIONS_DIR="$dir/torch_extensions"
 if [ "$#" -eq 0 ]; then
     set -- tests/training/test_weights.py tests/cli/test_cli_configs.py tests/training/test_training_module.py \
-        tests/training/test_metrics_segmentation.py tests/sharing/test_sharing.py tests/training/test_alpha_monitor.py \
-        tests/training/test_checkpointing.py tests/ops/test_kernels.py
+        tests/training/test_metrics_segmentation.py tests/sharing/test_sharing.py tests/training/callbacks/test_alpha_monitor.py \
+        tests/training/callbacks/test_random_state.py tests/training/plugins/test_checkpoint_io.py tests/kernels/test_kernels.py
 fi
 python -m pytest -q -x -m "not slow and not cuda" -p no:cacheprovider "$@"

@@ -1,40 +1,6 @@
-"""Training: the LightningModule, datamodules, metrics and prediction writer behind `lit-ppool`."""
+"""Training: the LightningModule, datamodules, metrics, callbacks and plugins behind ``lit-ppool``.
 
-from lit_ppool.training.alpha_monitor import AlphaMonitor
-from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
-from lit_ppool.training.data import (
-    ADE20KDataModule,
-    CamVidDataModule,
-    CityscapesDataModule,
-    CrackForestDataModule,
-    FolderDataModule,
-    SegmentationDataModule,
-    SyntheticDetailDataModule,
-    SyntheticTexturesDataModule,
-    VOCDataModule,
-)
-from lit_ppool.training.faults import NonFiniteLossError
-from lit_ppool.training.metrics import BoundaryIoU, TrimapJaccardIndex
-from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
-from lit_ppool.training.writer import PaletteMaskWriter
-
-__all__ = [
-    "ADE20KDataModule",
-    "AlphaMonitor",
-    "AtomicCheckpointIO",
-    "BoundaryIoU",
-    "NonFiniteLossError",
-    "RandomStateCheckpoint",
-    "CamVidDataModule",
-    "CityscapesDataModule",
-    "CrackForestDataModule",
-    "FolderDataModule",
-    "VOCDataModule",
-    "ConfigError",
-    "PPoolSegmentationModule",
-    "PaletteMaskWriter",
-    "SegmentationDataModule",
-    "SyntheticDetailDataModule",
-    "SyntheticTexturesDataModule",
-    "TrimapJaccardIndex",
-]
+The public names are listed once, in :mod:`lit_ppool` (``from lit_ppool import PPoolSegmentationModule``);
+each is defined in a module of this package (:mod:`.module`, :mod:`.data`, :mod:`.metrics`,
+:mod:`.callbacks`, :mod:`.plugins`, :mod:`.faults`, :mod:`.errors`, ...).
+"""

@@ -29,10 +29,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_ppool import __version__
 from lit_ppool.kernels.dispatch import get_backend
-from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
+from lit_ppool.training.callbacks import PaletteMaskWriter, RandomStateCheckpoint
 from lit_ppool.training.data.base import SegmentationDataModule
 from lit_ppool.training.loggers import SaveConfigToLoggers, finish_wandb_runs, resolve_wandb_mode
 from lit_ppool.training.module import ConfigError, PPoolSegmentationModule
+from lit_ppool.training.plugins import AtomicCheckpointIO
 from lit_ppool.training.record import evaluation_record, write_record
 from lit_ppool.training.runs import (
     checkpoint_path_problem,
@@ -42,7 +43,6 @@ from lit_ppool.training.runs import (
     runs_root,
 )
 from lit_ppool.training.weights import skip_pretrained_weights
-from lit_ppool.training.writer import PaletteMaskWriter
 
 __all__ = ["PPoolArgumentParser", "PPoolCLI", "environment_problem", "plain_text", "run_cli"]
 
@@ -160,9 +160,9 @@ class PPoolCLI(LightningCLI):
     * With ``--ckpt_path`` to a checkpoint file or ``last`` the model is built without its pretrained
       encoder weights (the checkpoint holds every weight): nothing is downloaded. A ``fit`` whose
       ``last`` finds no checkpoint loads them into the model before it trains.
-    * Checkpoints are written atomically (:class:`~lit_ppool.training.checkpointing.AtomicCheckpointIO`,
+    * Checkpoints are written atomically (:class:`~lit_ppool.training.plugins.checkpoint_io.AtomicCheckpointIO`,
       unless ``trainer.plugins`` names another ``CheckpointIO``) and hold the random state
-      (:class:`~lit_ppool.training.checkpointing.RandomStateCheckpoint`, unless the config lists
+      (:class:`~lit_ppool.training.callbacks.random_state.RandomStateCheckpoint`, unless the config lists
       it already), so a killed ``fit`` resumes exactly with ``--ckpt_path last``.
     * The W&B runs of the Trainer's loggers are finished when the subcommand ends, failed or not
       (Lightning's ``WandbLogger`` leaves that to wandb's exit hook), so an offline run is closed

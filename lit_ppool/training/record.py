@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lit_ppool.training.alpha_monitor import alpha_layers
+from lit_ppool.training.callbacks.alpha_monitor import alpha_layers
 from lit_ppool.training.runs import run_dir_of
 
 __all__ = [

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import lit_ppool
-from lit_ppool import export
 from lit_ppool.cli import DESCRIPTION, build_parser, main
 from lit_ppool.compare import runner
+from lit_ppool.sharing import export
 
 from helpers.tiny import QUICKSTART
 

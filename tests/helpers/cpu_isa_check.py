@@ -1,4 +1,4 @@
-"""Run by tests/test_kernels.py in a subprocess with ``ATEN_CPU_CAPABILITY`` set: the C++ kernel
+"""Run by tests/kernels/test_kernels.py in a subprocess with ``ATEN_CPU_CAPABILITY`` set: the C++ kernel
 built for that ISA (its own cached build) against the float64 oracle.
 
 Prints one JSON object: the extension's module name and the parity failures (empty when it passes).

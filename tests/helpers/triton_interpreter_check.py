@@ -1,4 +1,4 @@
-"""Run by tests/test_kernels.py in a subprocess with ``TRITON_INTERPRET=1``: Triton kernels vs the reference on CPU.
+"""Run by tests/kernels/test_kernels.py in a subprocess with ``TRITON_INTERPRET=1``: Triton kernels vs the reference on CPU.
 
 Prints one JSON line per case: ``{"case": ..., "failures": [[quantity, error, allowed], ...]}``.
 ``--offsets`` runs the case of element offsets past 2**31 instead (one line).

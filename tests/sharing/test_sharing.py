@@ -1,12 +1,14 @@
 """Sharing a model: save_pretrained / from_pretrained round trips, bad inputs, the Hub cache, `lit-ppool export`."""
 
 import json
+from pathlib import Path
 
 import pytest
 import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import load_file, save_file
 
+import lit_ppool
 from lit_ppool import (
     PPool2d,
     available_poolings,
@@ -17,7 +19,7 @@ from lit_ppool import (
 )
 from lit_ppool.layers.baselines import AveragePool2d
 from lit_ppool.layers.same import SamePadPool2d
-from lit_ppool.sharing import NotASavedModelError, SavedModelError
+from lit_ppool.sharing import NotASavedModelError, SavedModelError, model_card
 
 from helpers.tiny import TINY_FIT
 
@@ -193,6 +195,32 @@ def test_the_files_say_which_loader_to_use(tmp_path):
     assert card[0] == "---" and any("Load with `lit_ppool.from_pretrained" in line for line in card[:14])
     assert "| `encoder.maxpool` | p | PPool2d | kernel 3, stride 2, padding 1 | 1.0000 |" in card
 
+
+
+def test_the_card_metadata_is_what_the_hub_reads(tmp_path):
+    from huggingface_hub import ModelCard
+
+    swapped, plain = _unet(), _unet()
+    swap_pooling(swapped, "p")
+    for model, library in ((swapped, "lit_ppool"), (plain, "segmentation-models-pytorch")):
+        card = ModelCard(model_card(model))
+        assert card.data.library_name == library and card.data.pipeline_tag == "image-segmentation"
+        assert card.data.tags == ["lit_ppool", "segmentation-models-pytorch", "semantic-segmentation", "pytorch"]
+        assert card.text.lstrip().startswith("# Unet (resnet18)")
+
+
+def test_the_sharing_modules_import_downward_only():
+    """swaps <- card <- hub <- export: a module imports only the ones before it (and nothing above the package)."""
+    import ast
+
+    order = ["swaps", "card", "hub", "export"]
+    folder = Path(lit_ppool.__file__).parent / "sharing"
+    for index, name in enumerate(order):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        ours = {module.removeprefix("lit_ppool.sharing.") for module in imported if module.startswith("lit_ppool.sharing")}
+        assert ours <= set(order[:index]), (name, ours)
+        assert not any(module.startswith(("lit_ppool.cli", "lit_ppool.compare")) for module in imported), name
 
 def test_save_keeps_the_random_state_and_refuses_non_smp_models(tmp_path):
     model = _unet()

@@ -25,6 +25,9 @@ import torch
 from jsonargparse import ArgumentParser
 from torch import nn
 
+from lit_ppool.sharing.card import model_card
+from lit_ppool.sharing.hub import save_pretrained
+
 __all__ = ["add_arguments", "export_checkpoint"]
 
 DEFAULT_OPSET = 18
@@ -187,7 +190,6 @@ def export_checkpoint(
         ValueError: ``ckpt_path`` is not a checkpoint of a lit-ppool run.
         FileExistsError: ``output`` is a file.
     """
-    from lit_ppool.sharing import model_card, save_pretrained
     from lit_ppool.training.runs import run_dir_of
 
     ckpt_path = Path(ckpt_path).expanduser()

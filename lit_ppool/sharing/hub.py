@@ -1,4 +1,4 @@
-"""Share a swapped smp model: smp's Hugging Face Hub layout, plus the swap that rebuilds it.
+"""Save and load a swapped smp model: smp's Hugging Face Hub layout, plus the swap that rebuilds it.
 
 :func:`save_pretrained` writes what ``model.save_pretrained`` of smp writes (``config.json``,
 ``model.safetensors``, a ``README.md`` model card) and records in ``config.json`` every
@@ -21,27 +21,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from lit_ppool.functional import pool_geometry
-from lit_ppool.layers.ppool import PPool2d, PPoolBase  # noqa: F401 (PPool2d: the doctests)
-from lit_ppool.layers.registry import GEOMETRY_KEYWORDS, POOLING_SPECS, available_poolings, create_pool2d, spec_of
-from lit_ppool.layers.registry import global_pool as _global_pool
-from lit_ppool.layers.registry import is_global_pool as _is_global
-from lit_ppool.layers.same import SamePadPool2d
+from lit_ppool.sharing.card import card_markdown
+from lit_ppool.sharing.swaps import (
+    FORMAT_VERSION,
+    SECTION,
+    NotASavedModelError,
+    SavedModelError,
+    apply_swaps,
+    check_smp_model,
+    fresh_model,
+    library_version,
+    recorded_swaps,
+    smp_kwargs,
+)
 
-__all__ = ["NotASavedModelError", "SavedModelError", "build_layer", "from_pretrained", "layer_record", "model_card", "save_pretrained"]
+__all__ = ["from_pretrained", "save_pretrained"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
-FORMAT_VERSION = 2
-"""Version of the ``lit_ppool`` section of ``config.json``; a newer one is refused with an error.
-
-1: the smp class in ``_model_class`` (which ``smp.from_pretrained`` then builds without the swap);
-2: ``_model_class`` is :data:`SMP_REFUSAL` and the class is the section's ``model_class``.
-"""
 SMP_REFUSAL = "{model_class} with swapped pooling: load it with lit_ppool.from_pretrained"
 """The ``_model_class`` of a swapped model's folder: no smp class, so ``smp.from_pretrained`` stops with an
 ``AttributeError`` that names it (``getattr(smp, _model_class)`` in smp 0.5 and 0.6)."""
@@ -49,148 +49,16 @@ SMP_REFUSAL = "{model_class} with swapped pooling: load it with lit_ppool.from_p
 ENCODER_REFUSAL = "{encoder_name} (swapped pooling: load it with lit_ppool.from_pretrained)"
 """The ``encoder_name`` of a swapped model's folder (the real one is in the section): smp's class methods
 (``smp.Unet.from_pretrained``), which do not read ``_model_class``, stop at an encoder name smp does not know."""
-SECTION = "lit_ppool"
 NOTE_KEY = "_lit_ppool_note"  # smp drops config keys starting with "_" before building the model
 
-
-class SavedModelError(ValueError):
-    """A saved model's files do not describe a model that this lit_ppool can rebuild (the message names the file)."""
-
-
-class NotASavedModelError(FileNotFoundError):
-    """The path or Hub repo id holds no saved model, or the Hub repo cannot be reached (the message says what to do)."""
-
-
-def _version() -> str:
-    from lit_ppool import __version__
-
-    return __version__
 
 
 def _load_note(source: str = "<this folder or its Hub repo id>") -> str:
     return (
-        f"Saved by lit_ppool {_version()} with swapped pooling layers: load it with "
+        f"Saved by lit_ppool {library_version()} with swapped pooling layers: load it with "
         f"`lit_ppool.from_pretrained({source!r})`. smp.from_pretrained cannot rebuild them, and refuses "
         "this folder (`_model_class` names no smp class; the class is `lit_ppool.model_class`)."
     )
-
-
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def layer_record(module: nn.Module) -> dict[str, Any] | None:
-    """How to rebuild a registry pooling module (``None`` for any other module).
-
-    Example:
-        >>> layer_record(PPool2d(2))["pooling"], layer_record(nn.Conv2d(1, 1, 1))
-        ('p', None)
-    """
-    same = isinstance(module, SamePadPool2d)
-    inner = module.pool if same else module
-    spec = spec_of(inner)  # by the exact class (the global form's for a global pool); torch's nn.AvgPool2d has no name
-    if spec is None or spec.name is None or getattr(inner, "return_indices", False):
-        return None
-    is_global = _is_global(inner)
-    geometry: dict[str, Any] = {}
-    if not is_global:
-        defaults = {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False}
-        geometry = {key: _jsonable(getattr(inner, key, defaults.get(key))) for key in GEOMETRY_KEYWORDS}
-    options = inner.init_options() if hasattr(inner, "init_options") else {}
-    return {"pooling": spec.name, "global": is_global, "same": same, "geometry": geometry, "options": options}
-
-
-def _normalized(record: dict[str, Any] | None) -> Any:
-    """A record with its geometry as validated pairs, so ``3`` and ``(3, 3)`` compare equal."""
-    if record is None or record["global"]:
-        return record
-    return {**record, "geometry": tuple(pool_geometry(**record["geometry"]))}
-
-
-def build_layer(record: Mapping[str, Any]) -> nn.Module:
-    """The pooling module a :func:`layer_record` describes.
-
-    Raises:
-        ValueError: If the pooling name is unknown or the layer rejects its arguments.
-
-    Example:
-        >>> build_layer(layer_record(PPool2d(3, 2, 1)))
-        PPool2d(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False, alpha=1.0000)
-    """
-    options = dict(record.get("options") or {})
-    if record.get("global"):
-        forms = [name for name, spec in POOLING_SPECS.items() if spec.global_form is not None]
-        if record["pooling"] not in forms:
-            raise ValueError(f"Expected a global pooling to be one of {forms}, but got {record['pooling']!r}.")
-        layer = _global_pool(record["pooling"], options)
-    else:
-        geometry = {key: tuple(v) if isinstance(v, list) else v for key, v in record["geometry"].items()}
-        try:
-            layer = create_pool2d(record["pooling"], **geometry, **options)
-        except TypeError as err:
-            raise ValueError(str(err)) from None
-    return SamePadPool2d(layer) if record.get("same") else layer
-
-
-def _smp_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The smp model's constructor arguments in a config, with ``encoder_weights=None`` (the weights are saved)."""
-    kwargs = {key: value for key, value in config.items() if not key.startswith("_") and key != SECTION}
-    kwargs["encoder_weights"] = None
-    return kwargs
-
-
-def _fresh_model(model: nn.Module) -> nn.Module:
-    """The smp model that ``model.config`` builds, without consuming the caller's random numbers."""
-    with torch.random.fork_rng(devices=[]):
-        return type(model)(**_smp_kwargs(model.config))
-
-
-def _recorded_swaps(model: nn.Module, fresh: nn.Module) -> list[dict[str, Any]]:
-    """A record per pooling module of ``model`` that differs from the one of the fresh smp model."""
-    fresh_modules = dict(fresh.named_modules())
-    swaps: list[dict[str, Any]] = []
-    for name, module in model.named_modules():
-        if any(name.startswith(swap["name"] + ".") for swap in swaps):
-            continue  # the pool inside a recorded SamePadPool2d
-        other = fresh_modules.get(name)
-        record = layer_record(module)
-        unchanged = other is not None and type(other) is type(module)
-        if record is not None:
-            if not (unchanged and _normalized(layer_record(other)) == _normalized(record)):
-                swaps.append({"name": name, **record})
-        elif not unchanged:
-            raise ValueError(
-                f"Expected every module that differs from a freshly built {type(model).__name__} to be a pooling "
-                f"layer of the registry ({available_poolings()}), but got {name!r}: {type(module).__name__} "
-                f"(the fresh model has {type(other).__name__ if other is not None else 'no such module'})."
-            )
-    _check_other_weights(model, fresh, [swap["name"] for swap in swaps])
-    return swaps
-
-
-def _check_other_weights(model: nn.Module, fresh: nn.Module, swapped: list[str]) -> None:
-    """Outside the swapped modules, the state_dict must have the fresh smp model's keys and shapes."""
-    def outside(state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        return {k: tuple(v.shape) for k, v in state.items() if not any(k.startswith(name + ".") for name in swapped)}
-
-    ours, theirs = outside(model.state_dict()), outside(fresh.state_dict())
-    if ours != theirs:
-        differ = sorted(set(ours) ^ set(theirs) | {k for k in set(ours) & set(theirs) if ours[k] != theirs[k]})
-        raise ValueError(
-            f"Expected the weights outside the swapped pooling layers to have the keys and shapes of a freshly "
-            f"built {type(model).__name__} of the same config, but got {len(differ)} that differ ({', '.join(differ[:4])}): "
-            "a model changed in other ways cannot be rebuilt from its config."
-        )
-
-
-def _check_smp_model(model: Any) -> None:
-    from segmentation_models_pytorch.base import SegmentationModel
-
-    if not isinstance(model, SegmentationModel):
-        raise ValueError(  # noqa: TRY004 (the house rule: ValueError, as swap_pooling)
-            "Expected argument `model` to be a segmentation_models_pytorch model (smp.Unet, smp.FPN, ..., "
-            f"e.g. PPoolSegmentationModule.model), but got {type(model).__name__}."
-        )
 
 
 def save_pretrained(
@@ -241,8 +109,8 @@ def save_pretrained(
         >>> sorted(p.name for p in folder.iterdir())
         ['README.md', 'config.json', 'model.safetensors']
     """
-    _check_smp_model(model)
-    swaps = _recorded_swaps(model, _fresh_model(model))
+    check_smp_model(model)
+    swaps = recorded_swaps(model, fresh_model(model))
     folder = Path(save_directory).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)  # smp's config.json and model.safetensors (and its card, replaced below)
@@ -253,13 +121,13 @@ def save_pretrained(
     if alpha_plot is not None:
         plot_name = "alpha.png" if Path(alpha_plot).suffix.lower() == ".png" else Path(alpha_plot).name
         shutil.copyfile(alpha_plot, folder / plot_name)
-    card = _model_card(
+    card = card_markdown(
         model, config, swaps, metrics=metrics, training_config=training_config, plot_name=plot_name,
         dataset=dataset, sections=sections, loading=None,
     )
     if swaps:  # a folder that smp.from_pretrained refuses, saying which loader rebuilds it
         model_class = config["_model_class"]
-        section = {"version": _version(), "format": FORMAT_VERSION, "loader": "lit_ppool.from_pretrained",
+        section = {"version": library_version(), "format": FORMAT_VERSION, "loader": "lit_ppool.from_pretrained",
                    "model_class": model_class, "encoder_name": config["encoder_name"], "swaps": swaps}
         # smp.Unet.from_pretrained (the class method) skips _model_class: an encoder name smp does not know
         # stops it too, with an error that names the loader
@@ -268,130 +136,6 @@ def save_pretrained(
     config_path.write_text(json.dumps(config, indent=2) + "\n")
     (folder / CARD_NAME).write_text(card)
     return folder
-
-
-def _alpha_text(module: nn.Module) -> str:
-    """The learned alpha of a P-pooling layer for the card (``-`` for other layers)."""
-    inner = module.pool if isinstance(module, SamePadPool2d) else module
-    if not isinstance(inner, PPoolBase):
-        return "-"
-    alpha = inner.alpha.detach().float().cpu()
-    if alpha.numel() == 1:
-        text = f"{alpha.item():.4f}"
-    else:
-        text = f"{alpha.numel()} channels: mean {alpha.mean():.4f}, min {alpha.min():.4f}, max {alpha.max():.4f}"
-    if bool((alpha == 0).all()):
-        return f"{text} (= average)"
-    return f"{text} (= max, at alpha_max)" if bool((alpha >= inner.alpha_max).all()) else text
-
-
-def _geometry_text(swap: Mapping[str, Any]) -> str:
-    if swap["global"]:
-        return "global (whole map)"
-    g = swap["geometry"]
-    parts = [f"kernel {g['kernel_size']}", f"stride {g['stride']}"]
-    parts += [f"{key} {g[key]}" for key, default in (("padding", 0), ("dilation", 1), ("ceil_mode", False)) if g[key] not in (default, [default] * 2)]
-    return ", ".join(parts) + (", 'same' padding" if swap["same"] else "")
-
-
-def _pooling_table(model: nn.Module, swaps: list[dict[str, Any]]) -> str:
-    rows = ["| layer | pooling | module | geometry | alpha |", "| --- | --- | --- | --- | --- |"]
-    for swap in swaps:
-        module = model.get_submodule(swap["name"])
-        kind = type(module).__name__
-        if isinstance(module, SamePadPool2d):
-            kind = f"SamePadPool2d({type(module.pool).__name__})"
-        rows.append(f"| `{swap['name']}` | {swap['pooling']} | {kind} | {_geometry_text(swap)} | {_alpha_text(module)} |")
-    return "\n".join(rows)
-
-
-def _card_header(config: Mapping[str, Any], plain: bool, loading: tuple[str, str] | None) -> list[str]:
-    library = "segmentation-models-pytorch" if plain else "lit_ppool"
-    front = ["---", f"library_name: {library}", "tags:", "- lit_ppool", "- segmentation-models-pytorch",
-             "- semantic-segmentation", "- pytorch", "pipeline_tag: image-segmentation", "---"]
-    title = f"# {config['_model_class']} ({config.get('encoder_name')})" + ("" if plain else " with swapped pooling")
-    if plain:
-        how = ("Load with `smp.from_pretrained(\"<this folder or repo id>\")` or `lit_ppool.from_pretrained(...)`: "
-               "its pooling layers are smp's own.")
-        loader = "import segmentation_models_pytorch as smp\n\nmodel = smp.from_pretrained(\"<this folder or repo id>\")"
-    else:
-        how = (f"Load with `lit_ppool.from_pretrained(\"<this folder or repo id>\")` (lit_ppool >= {_version()}): it builds "
-               "the smp model, swaps its pooling layers as `config.json` records and loads the weights. "
-               "`smp.from_pretrained` cannot rebuild the swapped layers.")
-        loader = "import lit_ppool\n\nmodel = lit_ppool.from_pretrained(\"<this folder or repo id>\")"
-    if loading is not None:
-        how, loader = loading
-    return front + [title, "", how, "", "```python", loader, "```"]
-
-
-def _model_card(
-    model: nn.Module,
-    config: Mapping[str, Any],
-    swaps: list[dict[str, Any]],
-    *,
-    metrics: Mapping[str, float] | None,
-    training_config: str | Mapping[str, Any] | None,
-    plot_name: str | None,
-    dataset: str | None,
-    sections: Mapping[str, str] | None,
-    loading: tuple[str, str] | None,
-) -> str:
-    """The README.md model card: how to load, architecture, pooling per layer, metrics, config, plot."""
-    lines = _card_header(config, plain=not swaps, loading=loading)
-    lines += ["", "## Architecture", "", "| | |", "| --- | --- |"]
-    lines += [f"| architecture | {config['_model_class']} |", f"| encoder | {config.get('encoder_name')} |"]
-    lines += [f"| classes | {config.get('classes')} |", f"| in_channels | {config.get('in_channels')} |"]
-    lines += [f"| saved by | lit_ppool {_version()} |"] + ([f"| dataset | {dataset} |"] if dataset else [])
-    lines += ["", "## Pooling per layer", ""]
-    if swaps:
-        lines += ["Every pooling layer that differs from the smp model's own (alpha: 0 is average, large is max pooling):", ""]
-        lines.append(_pooling_table(model, swaps))
-    else:
-        lines.append("The smp model's own pooling layers (nothing swapped, or every swapped layer baked back).")
-    if metrics:
-        lines += ["", "## Metrics", "", "| metric | value |", "| --- | ---: |"]
-        lines += [f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |" for key, value in metrics.items()]
-    if training_config:
-        text = training_config if isinstance(training_config, str) else json.dumps(training_config, indent=2, default=str)
-        lines += ["", "## Training configuration", "", "```yaml" if isinstance(training_config, str) else "```json", text.rstrip(), "```"]
-    if plot_name:
-        lines += ["", "## Alpha during training", "", f"![alpha per layer over the training steps]({plot_name})"]
-    for title, body in (sections or {}).items():
-        lines += ["", f"## {title}", "", body.rstrip()]
-    return "\n".join(lines) + "\n"
-
-
-def model_card(
-    model: nn.Module,
-    *,
-    metrics: Mapping[str, float] | None = None,
-    training_config: str | Mapping[str, Any] | None = None,
-    plot_name: str | None = None,
-    dataset: str | None = None,
-    sections: Mapping[str, str] | None = None,
-    loading: tuple[str, str] | None = None,
-) -> str:
-    """The model card (markdown) that :func:`save_pretrained` writes, for a model saved in another form.
-
-    Args:
-        model: An smp model, swapped or not.
-        metrics, training_config, dataset, sections: As :func:`save_pretrained`.
-        plot_name: File name of the alpha plot next to the card, if any.
-        loading: ``(sentence, python code)`` saying how to load the saved form, in place of
-            ``from_pretrained``'s (e.g. for ONNX).
-
-    Example:
-        >>> import segmentation_models_pytorch as smp
-        >>> model_card(smp.Unet("resnet18", encoder_weights=None)).splitlines()[9]
-        '# Unet (resnet18)'
-    """
-    _check_smp_model(model)
-    config = {"_model_class": type(model).__name__, **model.config}
-    swaps = _recorded_swaps(model, _fresh_model(model))
-    return _model_card(
-        model, config, swaps, metrics=metrics, training_config=training_config, plot_name=plot_name,
-        dataset=dataset, sections=sections, loading=loading,
-    )
 
 
 def _env_offline() -> bool:
@@ -478,7 +222,7 @@ def _read_section(config: Mapping[str, Any], path: Path) -> dict[str, Any] | Non
         raise SavedModelError(
             f"Expected the `{SECTION}` section of {path} to have format <= {FORMAT_VERSION}, but got "
             f"{section.get('format')!r} (saved by lit_ppool {section.get('version', 'an unknown version')}; "
-            f"this is {_version()}): upgrade lit_ppool."
+            f"this is {library_version()}): upgrade lit_ppool."
         )
     return section
 
@@ -495,38 +239,13 @@ def _build_smp_model(config: Mapping[str, Any], section: Mapping[str, Any] | Non
     cls = getattr(smp, name, None) if isinstance(name, str) else None
     if not (isinstance(cls, type) and issubclass(cls, SegmentationModel)):
         raise SavedModelError(f"Expected `{key}` in {path} to be an smp architecture, but got {name!r}.")
-    kwargs = _smp_kwargs(config)
+    kwargs = smp_kwargs(config)
     if section is not None and "encoder_name" in section:  # see ENCODER_REFUSAL
         kwargs["encoder_name"] = section["encoder_name"]
     try:
         return cls(**kwargs)
     except (TypeError, ValueError, KeyError, RuntimeError) as err:
         raise SavedModelError(f"Expected {path} to hold valid {cls.__name__} arguments, but building it failed: {err}") from None
-
-
-def _apply_swaps(model: nn.Module, section: Mapping[str, Any], path: Path) -> None:
-    """Re-apply the recorded swap of a ``lit_ppool`` config section (:func:`_read_section`) to the freshly built model."""
-    saved_by = section.get("version", "an unknown version")
-    for swap in section["swaps"]:
-        name = swap.get("name") if isinstance(swap, dict) else None
-        try:  # a module of the model below it, as set_submodule(strict=True) needs
-            parent = model.get_submodule(name.rpartition(".")[0])
-            if not isinstance(getattr(parent, name.rpartition(".")[2]), nn.Module):
-                raise AttributeError(name)
-        except (AttributeError, TypeError):
-            raise SavedModelError(
-                f"Expected every swap in {path} to name a module of the {type(model).__name__}, but got {swap!r:.200}."
-            ) from None
-        try:
-            layer = build_layer(swap)
-        except (ValueError, KeyError, TypeError) as err:
-            raise SavedModelError(
-                f"Expected the pooling of {name!r} in {path} to be buildable by lit_ppool {_version()} (poolings "
-                f"{available_poolings()}), but got {swap.get('pooling')!r} saved by lit_ppool {saved_by}: {err}"
-                + (" Upgrade lit_ppool." if saved_by != _version() else "")
-            ) from None
-        layer.train(parent.training)
-        model.set_submodule(name, layer, strict=True)
 
 
 def _load_weights(model: nn.Module, folder: Path, config_path: Path) -> None:
@@ -599,6 +318,6 @@ def from_pretrained(source: str | os.PathLike, *, revision: str | None = None) -
     section = _read_section(config, config_path)
     model = _build_smp_model(config, section, config_path)
     if section is not None:
-        _apply_swaps(model, section, config_path)
+        apply_swaps(model, section, config_path)
     _load_weights(model, folder, config_path)
     return model.eval()

@@ -1,15 +1,11 @@
-"""AtomicCheckpointIO and RandomStateCheckpoint in process; the kill tests are in test_resume.py."""
+"""AtomicCheckpointIO in process, and the CLI's checkpoint defaults (it and RandomStateCheckpoint); the kill tests are in test_resume.py."""
 
-import random
-
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lit_ppool import PPoolSegmentationModule
+from lit_ppool import AtomicCheckpointIO, PPoolSegmentationModule, RandomStateCheckpoint
 from lit_ppool.cli import PPoolCLI
-from lit_ppool.training.checkpointing import AtomicCheckpointIO, RandomStateCheckpoint
 from lit_ppool.training.data.base import SegmentationDataModule
 
 
@@ -40,25 +36,6 @@ def test_remote_paths_use_lightnings_writer():
     io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 7}, "memory://checkpoints/last.ckpt")
     assert io.load_checkpoint("memory://checkpoints/last.ckpt", weights_only=True)["global_step"] == 7
-
-
-def test_random_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
-    callback = RandomStateCheckpoint()
-    torch.manual_seed(3), np.random.seed(3), random.seed(3)
-    torch.save({"callbacks": {callback.state_key: callback.state_dict()}}, tmp_path / "c.ckpt")
-    expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
-
-    torch.manual_seed(99), np.random.seed(99), random.seed(99)  # what a fresh process does
-    restored = RandomStateCheckpoint()
-    restored.load_state_dict(torch.load(tmp_path / "c.ckpt", weights_only=True)["callbacks"][restored.state_key])
-    assert torch.rand(1).item() != expected[0][0].item()  # not restored before the training loop starts
-    restored.on_train_start(None, None)
-    assert torch.equal(torch.rand(4), expected[0])
-    assert np.array_equal(np.random.rand(4), expected[1])
-    assert [random.random() for _ in range(4)] == expected[2]
-    state = torch.rand(1)
-    restored.on_train_start(None, None)  # restores once only
-    assert not torch.equal(torch.rand(1), state)
 
 
 CLI_ARGS = ["--model.encoder_name=resnet18", "--model.encoder_weights=null", "--trainer.logger=false"]

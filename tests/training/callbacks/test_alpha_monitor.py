@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_ppool import AlphaMonitor, GlobalPPool2d, PPool2d
-from lit_ppool.training.alpha_monitor import alpha_layers
+from lit_ppool.training.callbacks.alpha_monitor import alpha_layers
 from lit_ppool.training.loggers import (
     LOGGER_ADAPTERS,
     LoggerAdapter,
