@@ -27,7 +27,7 @@ from lit_ppool.compare.report import Comparison, write_report
 from lit_ppool.layers.registry import REFERENCE_POOLING, available_poolings
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.lightning_cli import run_cli
-from lit_ppool.training.record import RESULT_FILE, load_results
+from lit_ppool.training.record import RESULT_FILE, load_results, record_path
 
 __all__ = ["Names", "Run", "Seeds", "add_arguments", "plan_runs", "run_comparison", "split_overrides"]
 
@@ -83,8 +83,18 @@ class Run:
     directory: Path
 
     @property
+    def test_checkpoint(self) -> Path:
+        """The checkpoint this run is tested on: the last one of its fit."""
+        return self.directory / "checkpoints" / "last.ckpt"
+
+    @property
+    def result(self) -> Path:
+        """The run record its test writes (:func:`~lit_ppool.training.record.record_path`)."""
+        return record_path(self.test_checkpoint, "test")
+
+    @property
     def finished(self) -> bool:
-        return (self.directory / RESULT_FILE).is_file()
+        return self.result.is_file()
 
     def overlay(self, experiment: str, output: Path) -> str:
         """The ``run.yaml`` config overlay of this run."""
@@ -106,7 +116,7 @@ class Run:
         base = [arg for config in configs for arg in ("--config", config)]
         base += ["--config", str(self.directory / "run.yaml"), *overrides]
         fit = ["fit", *base, "--ckpt_path", "last"]
-        test = ["test", *base, "--ckpt_path", str(self.directory / "checkpoints" / "last.ckpt")]
+        test = ["test", *base, "--ckpt_path", str(self.test_checkpoint)]
         return fit, test
 
 
@@ -197,7 +207,7 @@ def _run_all(runs: Sequence[Run], configs: Sequence[str], overrides: Sequence[st
     for index, run in enumerate(runs, 1):
         label = f"[{index}/{len(runs)}] {run.pooling} seed {run.seed}"
         if run.finished:
-            print(f"{label}: finished earlier ({run.directory / RESULT_FILE})", flush=True)
+            print(f"{label}: finished earlier ({run.result})", flush=True)
             continue
         run.directory.mkdir(parents=True, exist_ok=True)
         (run.directory / "run.yaml").write_text(run.overlay(experiment, output))

@@ -271,8 +271,8 @@ class PPoolSegmentationModule(L.LightningModule):
         self.criterion = LOSSES[loss](ignore_index)
 
         self.class_names = tuple(f"class_{i}" for i in range(num_classes))
-        self.val_metrics = self._stage_metrics("val/")
-        self.test_metrics = self._stage_metrics("test/")
+        self.val_metrics = self._stage_metrics(metric_key("val", ""))  # "val/": every key of the stage
+        self.test_metrics = self._stage_metrics(metric_key("test", ""))
 
     def _create_smp_model(self) -> nn.Module:
         """The smp model of the hyperparameters, with its ``encoder_weights`` (:func:`create_model`)."""
