@@ -123,7 +123,7 @@ def main() -> None:
         ("P fused custom_op, compiled", "p", True, True),
     ):
         step = make_step(build(pooling), compiled)
-        functional.select_function = (lambda input: CustomOpFunction) if custom else original
+        functional.select_function = (lambda input, alpha: CustomOpFunction) if custom else original
         started = time.perf_counter()
         step(images, labels)  # compiles
         step(images, labels)
@@ -133,7 +133,7 @@ def main() -> None:
 
     for _ in range(args.rounds):  # interleaved rounds: drift hits every variant alike
         for _name, (step, custom, _, times) in variants.items():
-            functional.select_function = (lambda input: CustomOpFunction) if custom else original
+            functional.select_function = (lambda input, alpha: CustomOpFunction) if custom else original
             started = time.perf_counter()
             step(images, labels)
             times.append(time.perf_counter() - started)

@@ -169,21 +169,44 @@ def _check_num_channels(input: Tensor, num_channels: int | None, layer: str) -> 
         )
 
 
-def _as_alpha_tensor(alpha: float | Tensor, input: Tensor, channels: int) -> Tensor:
+def _as_alpha_tensor(alpha: float | Tensor, input: Tensor, out_shape: tuple[int, int, int, int]) -> Tensor:
+    """``alpha`` as a tensor the kernels take: ``(1,)`` or ``(C,)`` values, or a dense 4-d map.
+
+    A 4-d tensor is a dense alpha: it must broadcast to the output's shape ``(N, C, H_out,
+    W_out)``. One that varies over channels only, ``(1, C, 1, 1)`` or ``(1, 1, 1, 1)``, is
+    returned flat, as the one-per-channel or one-per-layer alpha it is.
+    """
+    channels = out_shape[1]
     if isinstance(alpha, Tensor):
-        if alpha.numel() not in (1, channels):
-            raise ValueError(
-                f"Expected argument `alpha` to hold 1 value (one per layer) or {channels} values "
-                f"(one per channel), but got shape {tuple(alpha.shape)}."
-            )
         if not alpha.is_floating_point():
             alpha = alpha.to(torch.get_default_dtype())
+        if alpha.dim() == 4:
+            return _dense_alpha(alpha, out_shape)
+        if alpha.numel() not in (1, channels):
+            raise ValueError(
+                f"Expected argument `alpha` to hold 1 value (one per layer) or {channels} values (one per "
+                f"channel), or to be a map that broadcasts to the output's shape {tuple(out_shape)} (one per "
+                f"window), but got shape {tuple(alpha.shape)}."
+            )
         return alpha.reshape(-1)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise TypeError(f"Expected argument `alpha` to be a float or a tensor, but got {type(alpha).__name__}.")
     if not math.isfinite(alpha) or alpha < 0:
         raise ValueError(f"Expected argument `alpha` to be a finite number >= 0, but got {alpha}.")
     return torch.tensor([float(alpha)], dtype=torch.promote_types(input.dtype, torch.float32), device=input.device)
+
+
+def _dense_alpha(alpha: Tensor, out_shape: tuple[int, int, int, int]) -> Tensor:
+    """A 4-d alpha checked against the output's shape; flat where it varies over channels only."""
+    if any(a not in (1, o) for a, o in zip(alpha.shape, out_shape)):
+        raise ValueError(
+            f"Expected a 4-d argument `alpha` (one value per window) to broadcast to the output's shape "
+            f"{tuple(out_shape)}, but got shape {tuple(alpha.shape)}. Compute it at the output's size, "
+            "e.g. with a convolution of the pooling's kernel, stride and padding."
+        )
+    if alpha.shape[0] == 1 and alpha.shape[2:] == (1, 1):
+        return alpha.reshape(-1)
+    return alpha
 
 
 def p_pool2d(
@@ -210,8 +233,12 @@ def p_pool2d(
 
     Args:
         input: Non-negative activations (e.g. post-ReLU), any floating dtype.
-        alpha: The exponent, ``>= 0``: a float, or a tensor with one value (per layer) or
-            ``C`` values (per channel). A negative float is rejected everywhere. A tensor's
+        alpha: The exponent, ``>= 0``: a float, a tensor with one value (per layer) or
+            ``C`` values (per channel), or a dense map with one value per window: a 4-d
+            tensor that broadcasts to the output's shape :math:`(N, C, H_{out}, W_{out})`
+            (3-d :math:`(C, H_{out}, W_{out})` for an unbatched input), as
+            :class:`lit_ppool.AdaptivePPool2d` predicts it. Gradients flow into every form.
+            A negative float is rejected everywhere. A tensor's
             sign is checked only by the fused CPU kernel (float32/float16/bfloat16 CPU
             input, backend ``auto`` or ``cpp``, not under ``torch.compile``/``torch.jit``
             tracing); float64, the ``reference`` backend, tracing and the GPU (where a check
@@ -237,13 +264,17 @@ def p_pool2d(
         tensor([[[[2.]]]])
         >>> p_pool2d(x, 1.0, 2)  # (1 + 9 + 0 + 16) / (1 + 3 + 0 + 4)
         tensor([[[[3.2500]]]])
+        >>> p_pool2d(torch.cat([x, x], dim=-1), torch.tensor([[[[0.0, 1.0]]]]), 2)  # one alpha per window
+        tensor([[[[2.0000, 3.2500]]]])
     """
     _check_input(input)
     geometry = pool_geometry(kernel_size, stride, padding, dilation, ceil_mode)
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    alpha_t = _as_alpha_tensor(alpha, x, x.shape[1])
     out_size = pool_output_shape(tuple(x.shape[-2:]), geometry)
+    if unbatched and isinstance(alpha, Tensor) and alpha.dim() == 3:
+        alpha = alpha.unsqueeze(0)  # a (C, H_out, W_out) map of an unbatched input
+    alpha_t = _as_alpha_tensor(alpha, x, (x.shape[0], x.shape[1], *out_size))
 
-    out = select_function(x).apply(x, alpha_t, geometry, out_size)
+    out = select_function(x, alpha_t).apply(x, alpha_t, geometry, out_size)
     return out.squeeze(0) if unbatched else out

@@ -39,7 +39,21 @@ def is_channels_last(input: Tensor) -> bool:
     return input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last)
 
 
-def reduce_grad_alpha(per_plane: Tensor, alpha: Tensor) -> Tensor:
-    """dL/dalpha from its ``(N, C)`` per-plane parts: summed to alpha's shape (one value or one per channel)."""
-    reduced = per_plane.sum() if alpha.numel() == 1 else per_plane.sum(dim=0)
+def reduce_grad_alpha(grad: Tensor, alpha: Tensor) -> Tensor:
+    """dL/dalpha summed to alpha's shape, from its ``(N, C)`` per-plane parts or its ``(N, C, H_out, W_out)`` map.
+
+    A flat alpha (one value, or one per channel) takes per-plane parts (a map is summed over
+    its windows first); a dense 4-d alpha takes the map, summed over the dimensions it
+    broadcasts along.
+    """
+    if alpha.dim() == 4:
+        return grad.sum_to_size(alpha.shape).to(alpha.dtype)
+    if grad.dim() == 4:
+        grad = grad.sum(dim=(2, 3))
+    reduced = grad.sum() if alpha.numel() == 1 else grad.sum(dim=0)
     return reduced.reshape(alpha.shape).to(alpha.dtype)
+
+
+def is_dense(alpha: Tensor) -> bool:
+    """Whether ``alpha`` is a dense map (one value per window, 4-d) rather than one value per layer or channel."""
+    return alpha.dim() == 4

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from lit_ppool.kernels import cpu
+from lit_ppool.kernels.common import is_dense
 from lit_ppool.kernels.reference import PPool2dFunction
 
 __all__ = ["BACKENDS", "get_backend", "select_function", "set_backend", "use_backend"]
@@ -89,10 +90,10 @@ def _triton_function():
     return TritonPPool2dFunction
 
 
-def select_function(input: Tensor) -> type[torch.autograd.Function]:
-    """The autograd Function that pools ``input`` under the current backend."""
+def select_function(input: Tensor, alpha: Tensor) -> type[torch.autograd.Function]:
+    """The autograd Function that pools ``input`` with ``alpha`` under the current backend."""
     backend = get_backend()
-    if backend == "reference":
+    if backend == "reference" or is_dense(alpha):  # TODO(dense alpha in the fused kernels)
         return PPool2dFunction
     if backend != "auto":
         if input.dtype not in _FUSED_DTYPES:

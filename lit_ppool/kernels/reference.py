@@ -29,14 +29,17 @@ def compute_dtype(input: Tensor, alpha: Tensor) -> torch.dtype:
 
 
 def prepare(input: Tensor, alpha: Tensor, pads: list[int], eps: float = EPS) -> tuple[Tensor, Tensor, Tensor]:
-    """Padded values, padded weight bases ``max(x, EPS)`` and broadcastable alpha, in the compute dtype.
+    """Padded values, padded weight bases ``max(x, EPS)`` and alpha broadcastable to the output, in the compute dtype.
+
+    ``alpha`` is one value, one per channel, or a dense map that broadcasts to ``(N, C, H_out, W_out)``.
 
     Padding is 0 in the bases while real bases are >= EPS (or NaN), so ``bases != 0`` marks
     real positions.
     """
     dtype = compute_dtype(input, alpha)
     values = input.to(dtype)
-    return F.pad(values, pads), F.pad(values.clamp_min(eps), pads), alpha.to(dtype).view(-1, 1, 1)
+    alpha = alpha.to(dtype) if alpha.dim() == 4 else alpha.to(dtype).view(-1, 1, 1)
+    return F.pad(values, pads), F.pad(values.clamp_min(eps), pads), alpha
 
 
 def window_max(
@@ -149,5 +152,5 @@ class PPool2dFunction(torch.autograd.Function):
             height, width = input.shape[-2:]
             grad_input = grad_values[..., top : top + height, left : left + width].to(input.dtype)
         if grad_alpha_map is not None:
-            grad_alpha = reduce_grad_alpha(grad_alpha_map.sum(dim=(2, 3)), alpha)
+            grad_alpha = reduce_grad_alpha(grad_alpha_map, alpha)
         return grad_input, grad_alpha, None, None

@@ -28,7 +28,7 @@ def expected_p_pool2d(
     dilation=1,
     ceil_mode: bool = False,
 ) -> Tensor:
-    """P-pooling in float64. ``x`` is (N, C, H, W) or (C, H, W); alpha a float or (1,)/(C,) tensor."""
+    """P-pooling in float64. ``x`` is (N, C, H, W) or (C, H, W); alpha a float, a (1,)/(C,) tensor or a per-window map."""
     unbatched = x.dim() == 3
     x = (x.unsqueeze(0) if unbatched else x).double()
     (kh, kw), (ph, pw), (dh, dw) = _pair(kernel_size), _pair(padding), _pair(dilation)
@@ -45,8 +45,12 @@ def expected_p_pool2d(
     valid = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape(ho, wo, kh * kw)
 
     a = alpha if torch.is_tensor(alpha) else torch.tensor(float(alpha))
-    a = a.double().reshape(-1)
-    a = a.view(1, -1, 1, 1, 1) if a.numel() > 1 else a.view(())
+    if a.dim() >= 3:  # one alpha per window: (N, C, ho, wo), or (C, ho, wo) unbatched, or what broadcasts to it
+        a = a.double().unsqueeze(-1)
+        a = a.unsqueeze(0) if a.dim() == 4 else a
+    else:
+        a = a.double().reshape(-1)
+        a = a.view(1, -1, 1, 1, 1) if a.numel() > 1 else a.view(())
     logits = a * torch.log(gathered.clamp_min(EPS))
     logits = logits.masked_fill(~valid, float("-inf"))
     weights = torch.softmax(logits, dim=-1)

@@ -20,6 +20,8 @@ from lit_ppool.kernels.reference import PPool2dFunction
 from helpers.kernel_parity import TOLERANCES, cases, make_input, parity_failures, run
 from helpers.tiny import HELPERS
 
+ALPHA = torch.ones(1)  # one alpha per layer: what select_function is asked about
+
 
 def test_cpu_kernel_builds_here():
     """The machines that run this suite have a compiler: the fast path must not silently fall back."""
@@ -169,11 +171,11 @@ def test_cpu_kernel_keeps_less_for_backward_than_max_pool():
 def test_auto_backend_choice():
     x = torch.rand(1, 2, 8, 8)
     assert dispatch.get_backend() == "auto"
-    assert dispatch.select_function(x) is CppPPool2dFunction
-    assert dispatch.select_function(x.bfloat16()) is CppPPool2dFunction
-    assert dispatch.select_function(x.double()) is PPool2dFunction  # float64 stays exact
+    assert dispatch.select_function(x, ALPHA) is CppPPool2dFunction
+    assert dispatch.select_function(x.bfloat16(), ALPHA) is CppPPool2dFunction
+    assert dispatch.select_function(x.double(), ALPHA) is PPool2dFunction  # float64 stays exact
     with dispatch.use_backend("reference"):
-        assert dispatch.select_function(x) is PPool2dFunction
+        assert dispatch.select_function(x, ALPHA) is PPool2dFunction
         assert p_pool2d(x.requires_grad_(), 1.0, 2).grad_fn.name() == "PPool2dFunctionBackward"
     assert dispatch.get_backend() == "auto"
 
@@ -254,7 +256,7 @@ def test_triton_kernels_match_reference_on_cuda(dtype):
         ]
     assert not failures
     x = torch.rand(2, 3, 8, 8, device="cuda")
-    assert dispatch.select_function(x) is TritonPPool2dFunction
+    assert dispatch.select_function(x, ALPHA) is TritonPPool2dFunction
 
 
 @pytest.mark.cuda
