@@ -1,13 +1,13 @@
 """lit_ppool: polynomial pooling (P-pooling) for detail-sensitive semantic segmentation."""
 
 from lit_ppool.functional import p_pool2d
-from lit_ppool.layers import GlobalPPool2d, PPool2d, PPoolBase
+from lit_ppool.layers import AdaptivePPool2d, GlobalPPool2d, PPool2d, PPoolBase
 from lit_ppool.layers.registry import available_poolings, create_pool2d, get_pool_layer
 from lit_ppool.sharing import from_pretrained, save_pretrained
 from lit_ppool.surgery import Swap, SwapReport, bake_pooling, swap_pooling
 
 __all__ = ["PPool2d", "p_pool2d"]
-__all__ += ["GlobalPPool2d", "PPoolBase"]
+__all__ += ["AdaptivePPool2d", "GlobalPPool2d", "PPoolBase"]
 __all__ += ["Swap", "SwapReport", "available_poolings", "bake_pooling", "create_pool2d", "get_pool_layer", "swap_pooling"]
 __all__ += ["from_pretrained", "save_pretrained"]
 __version__ = "0.1.0"

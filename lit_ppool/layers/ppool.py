@@ -30,7 +30,7 @@ the learning signal down."""
 
 
 class _ProjectedClamp(torch.autograd.Function):
-    """``clamp(raw, 0, upper)`` whose gradient never strands ``raw`` outside the range.
+    """``clamp(raw, lower, upper)`` whose gradient never strands ``raw`` outside the range.
 
     Inside the range the gradient is the identity. At or beyond a bound it is kept where a
     descent step (``-grad``) moves ``raw`` back into the range and zeroed where it would push
@@ -40,16 +40,16 @@ class _ProjectedClamp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, raw: Tensor, upper: float) -> Tensor:
+    def forward(ctx, raw: Tensor, lower: float, upper: float) -> Tensor:
         ctx.save_for_backward(raw)
-        ctx.upper = upper
-        return raw.clamp(0.0, upper)
+        ctx.lower, ctx.upper = lower, upper
+        return raw.clamp(lower, upper)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (raw,) = ctx.saved_tensors
-        outward = ((raw <= 0) & (grad > 0)) | ((raw >= ctx.upper) & (grad < 0))
-        return grad.masked_fill(outward, 0.0), None
+        outward = ((raw <= ctx.lower) & (grad > 0)) | ((raw >= ctx.upper) & (grad < 0))
+        return grad.masked_fill(outward, 0.0), None, None
 
 
 class PPoolBase(nn.Module):
@@ -113,7 +113,7 @@ class PPoolBase(nn.Module):
     @property
     def alpha(self) -> Tensor:
         """The effective alpha, ``alpha_raw`` clamped to ``[0, alpha_max]``: what ``forward`` uses."""
-        return _ProjectedClamp.apply(self.alpha_raw, self.alpha_max)
+        return _ProjectedClamp.apply(self.alpha_raw, 0.0, self.alpha_max)
 
     def forward(self, input: Tensor) -> Tensor:
         if torch.jit.is_scripting():

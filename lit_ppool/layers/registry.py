@@ -31,6 +31,7 @@ from lit_ppool.layers.baselines import (
     SoftPool2d,
     StridedConvPool2d,
 )
+from lit_ppool.layers.adaptive import AdaptivePPool2d
 from lit_ppool.layers.ppool import GlobalPPool2d, PPool2d, PPoolBase
 
 __all__ = [
@@ -129,6 +130,7 @@ POOLING_SPECS: dict[str, PoolingSpec] = {
         ),
         PoolingSpec("avg", AveragePool2d, **_AVG, native=nn.AvgPool2d),
         PoolingSpec("p", PPool2d, GlobalPPool2d, scriptable=True, learnable=True),
+        PoolingSpec("p_adaptive", AdaptivePPool2d, needs_channels=True, learnable=True),
         PoolingSpec("lp", LpPool2d),
         PoolingSpec("gated", GatedPool2d, learnable=True),
         PoolingSpec("mixed", MixedPool2d, learnable=True),

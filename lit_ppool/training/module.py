@@ -22,6 +22,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from lit_ppool.layers.adaptive import AdaptivePPool2d
 from lit_ppool.layers.ppool import PPoolBase
 from lit_ppool.layers.registry import NATIVE_POOL_TYPES, REFERENCE_POOLING, ResolvedPooling, resolve_pooling
 from lit_ppool.surgery import NothingSwappedWarning, SwapReport, swap_pooling
@@ -172,9 +173,10 @@ class PPoolSegmentationModule(L.LightningModule):
     :func:`lit_ppool.swap_pooling`, so every process under DDP and every checkpoint sees the
     same modules and the same alpha parameters.
 
-    Optimisation: the ``alpha_raw`` parameters of the :class:`~lit_ppool.PPool2d` layers form
-    their own parameter group with no weight decay and learning rate ``lr * alpha_lr_mult``;
-    every other parameter is in the first group.
+    Optimisation: the ``alpha_raw`` parameters of the :class:`~lit_ppool.PPool2d` layers (and the
+    side branches that predict alpha in :class:`~lit_ppool.AdaptivePPool2d` layers) form their
+    own parameter group with no weight decay and learning rate ``lr * alpha_lr_mult``; every
+    other parameter is in the first group.
 
     Logged metrics (torchmetrics, dataset-level, synchronised across processes), for
     ``stage`` in ``val`` and ``test``:
@@ -437,8 +439,16 @@ class PPoolSegmentationModule(L.LightningModule):
                         metric.labels = list(self.class_names)  # ClasswiseWrapper's public labels
 
     def alpha_parameters(self) -> list[nn.Parameter]:
-        """The learnable ``alpha_raw`` parameters of the model's P-pooling layers (:class:`~lit_ppool.layers.ppool.PPoolBase`)."""
-        return [m.alpha_raw for m in self.model.modules() if isinstance(m, PPoolBase) and isinstance(m.alpha_raw, nn.Parameter)]
+        """The parameters that set alpha: the learnable ``alpha_raw`` of the P-pooling layers
+        (:class:`~lit_ppool.layers.ppool.PPoolBase`) and the side branches of the adaptive ones
+        (:class:`~lit_ppool.AdaptivePPool2d`)."""
+        found: list[nn.Parameter] = []
+        for layer in self.model.modules():
+            if isinstance(layer, PPoolBase) and isinstance(layer.alpha_raw, nn.Parameter):
+                found.append(layer.alpha_raw)
+            elif isinstance(layer, AdaptivePPool2d):
+                found.extend(layer.parameters())
+        return found
 
     def _step(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
         # labels are checked on the host before the transfer (SegmentationDataModule.on_before_batch_transfer):

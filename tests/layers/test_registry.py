@@ -22,7 +22,7 @@ from lit_ppool.layers.registry import (
     spec_of,
 )
 
-NAMES = ["avg", "dpp", "gated", "lp", "max", "mixed", "p", "softpool", "strided_conv"]
+NAMES = ["avg", "dpp", "gated", "lp", "max", "mixed", "p", "p_adaptive", "softpool", "strided_conv"]
 CHANNELS = 3
 
 GEOMETRIES = [
@@ -108,7 +108,7 @@ def test_pool_with_padding_rejects_unregistered_modules():
 
 def test_the_table_has_one_spec_per_name_and_one_resolver():
     assert all(spec.name == name and POOLINGS[name] is spec.cls for name, spec in POOLING_SPECS.items())
-    assert [name for name, spec in POOLING_SPECS.items() if spec.needs_channels] == ["strided_conv"]
+    assert [name for name, spec in POOLING_SPECS.items() if spec.needs_channels] == ["p_adaptive", "strided_conv"]
     assert sorted(name for name, spec in POOLING_SPECS.items() if spec.global_form) == ["avg", "max", "p"]
     for given in ("P", " strided-conv ", POOLINGS["lp"], functools.partial(PPool2d, alpha_init=2.0)):
         resolved = resolve_pooling(given)
