@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_ppool.functional import _size_2_t
+from lit_ppool.layers.adaptive import AdaptivePPool2d
 from lit_ppool.layers.baselines import (
     AveragePool2d,
     DetailPreservingPool2d,
@@ -31,7 +32,6 @@ from lit_ppool.layers.baselines import (
     SoftPool2d,
     StridedConvPool2d,
 )
-from lit_ppool.layers.adaptive import AdaptivePPool2d
 from lit_ppool.layers.ppool import GlobalPPool2d, PPool2d, PPoolBase
 
 __all__ = [
