@@ -197,7 +197,13 @@ def _as_alpha_tensor(alpha: float | Tensor, input: Tensor, out_shape: tuple[int,
 
 
 def _dense_alpha(alpha: Tensor, out_shape: tuple[int, int, int, int]) -> Tensor:
-    """A 4-d alpha checked against the output's shape; flat where it varies over channels only."""
+    """A 4-d alpha checked against the output's shape; flat where it varies over channels only.
+
+    Under ``torch.compile``/``torch.export`` tracing it is passed on as it is: comparing its sizes
+    with 1 would specialise the traced graph to the example's batch size (the check has run in eager).
+    """
+    if torch.compiler.is_compiling():
+        return alpha
     if any(a not in (1, o) for a, o in zip(alpha.shape, out_shape)):
         raise ValueError(
             f"Expected a 4-d argument `alpha` (one value per window) to broadcast to the output's shape "

@@ -1,6 +1,7 @@
 """swap_pooling / bake_pooling on small models, smp wrappers, timm and torchvision models."""
 
 import io
+import warnings
 
 import pytest
 import segmentation_models_pytorch as smp
@@ -339,6 +340,39 @@ def test_onnx_export_of_a_swapped_smp_model():
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto)
     assert "MaxPool" not in {node.op_type for node in proto.graph.node}
+
+
+def _adaptive_smp_model():
+    torch.manual_seed(0)
+    model = smp.Unet("resnet18", encoder_weights=None, classes=2, decoder_channels=[32, 16, 16, 8, 8]).eval()
+    swap_pooling(model, "p_adaptive", example_input=torch.rand(1, 3, 64, 64))
+    return model
+
+
+def test_torch_compile_of_an_adaptive_p_pooling_model():
+    model, x = _adaptive_smp_model(), torch.rand(2, 3, 64, 96)
+    torch.testing.assert_close(torch.compile(model)(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_export_of_an_adaptive_p_pooling_model_runs_at_other_sizes():
+    """Exported at batch 1, 64 x 64 with dynamic axes; onnxruntime matches torch at other batch sizes and sizes."""
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model, buffer = _adaptive_smp_model(), io.BytesIO()
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*'dynamic_axes' is not recommended")
+        torch.onnx.export(
+            model, (torch.rand(1, 3, 64, 64),), buffer, dynamo=True, input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": axes, "logits": axes},
+        )
+    onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    for shape in [(1, 3, 64, 64), (2, 3, 96, 64), (1, 3, 128, 160)]:
+        x = torch.rand(shape)
+        (logits,) = session.run(None, {"input": x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(logits), model(x), atol=1e-4, rtol=1e-4)
 
 
 # --- global (adaptive, output_size=1) pooling: swapped only when `include` names it -----------------------------
