@@ -32,7 +32,8 @@ from lit_ppool.kernels.common import EPS, is_channels_last, reduce_grad_alpha
 
 __all__ = ["TritonPPool2dFunction"]
 
-_NAN_MAX = tl.PropagateNan.ALL
+# A constexpr global: Triton refuses other globals inside a compiled (not interpreted) kernel.
+_NAN_MAX = tl.constexpr(tl.PropagateNan.ALL)
 
 
 @triton.jit
