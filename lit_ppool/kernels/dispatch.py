@@ -90,7 +90,11 @@ def _triton_function():
 
 
 def select_function(input: Tensor, alpha: Tensor) -> type[torch.autograd.Function]:
-    """The autograd Function that pools ``input`` with ``alpha`` under the current backend."""
+    """The autograd Function that pools ``input`` with ``alpha`` under the current backend.
+
+    The choice depends on the input (device, dtype, tracing), not on alpha's form: one value,
+    one per channel and a dense map take the same path.
+    """
     backend = get_backend()
     if backend == "reference":
         return PPool2dFunction
