@@ -38,8 +38,9 @@ Numerical rules (the definition the tests check against a float64 oracle):
 Implementations (:mod:`lit_ppool.kernels.dispatch`): a fused C++ kernel for float32,
 float16 and bfloat16 on CPU, Triton kernels on CUDA, and the exact reference path (plain
 torch ops) for float64, under ``torch.compile``/``torch.jit`` tracing, or when forced with
-``LIT_PPOOL_BACKEND=reference`` / :func:`lit_ppool.kernels.set_backend`. All follow the
-rules above and are tested against the reference path run in float64.
+``LIT_PPOOL_BACKEND=reference`` / :func:`lit_ppool.kernels.set_backend`. Each takes every
+form of alpha (one value, one per channel, one per window). All follow the rules above and are
+tested against the reference path run in float64.
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ intra-op threads (``torch.set_num_threads``) like torch's own pooling. A build a
 itself on stderr (``lit_ppool: building the fused CPU P-pooling kernel ...``) when loading
 takes longer than a cached load would. If the build fails,
 :func:`load_extension` warns once and returns ``None`` and P-pooling runs on the reference path.
+
+Alpha reaches the kernel as float32 in one of two forms: flat (one value, or one per
+channel) or dense (one value per output: a map that broadcasts to the output is expanded to
+the output's shape, in the output's memory layout, NCHW-contiguous or channels-last). The
+kernel's backward returns dL/dalpha per (n, c) plane for a flat alpha and per output for a
+dense one; :func:`lit_ppool.kernels.common.reduce_grad_alpha` sums either to alpha's shape.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_ppool.kernels.common import EPS, is_channels_last, reduce_grad_alpha
+from lit_ppool.kernels.common import EPS, is_channels_last, is_dense, reduce_grad_alpha
 
 __all__ = ["CppPPool2dFunction", "load_extension"]
 
@@ -139,20 +145,31 @@ def _kernel_layout(input: Tensor) -> Tensor:
     return input if is_channels_last(input) else input.contiguous()
 
 
+def _kernel_alpha(alpha: Tensor, input: Tensor, out_size) -> Tensor:
+    """``alpha`` in float32 as the kernel takes it: flat and contiguous, or dense, expanded to the
+    output's shape in the layout of ``input`` (already in its kernel layout), which the output has."""
+    alpha = alpha.detach().to(torch.float32)
+    if not is_dense(alpha):
+        return alpha.contiguous()
+    layout = torch.channels_last if is_channels_last(input) else torch.contiguous_format
+    return alpha.expand(*input.shape[:2], *out_size).contiguous(memory_format=layout)
+
+
 class CppPPool2dFunction(torch.autograd.Function):
     """Autograd Function of the fused CPU path (float32, float16 and bfloat16 inputs).
 
-    Saves the input, alpha and the log of the window maximum (one float32 value per output).
-    Channels-last inputs are computed in that layout (no copy), and so are the output and the
-    gradient.
+    Takes alpha flat (one value, or one per channel) or dense (4-d, broadcasting to the
+    output). Saves the input, alpha as given (at most output-sized) and the log of the window
+    maximum (one float32 value per output): nothing window-sized. Channels-last inputs are
+    computed in that layout (no copy), and so are the output and the gradients.
     """
 
     @staticmethod
     def forward(ctx, input: Tensor, alpha: Tensor, geometry, out_size) -> Tensor:
         extension = load_extension()
         flat = _flat_geometry(geometry, out_size)
-        alpha_f32 = alpha.detach().to(torch.float32).contiguous()
-        output, log_max = extension.forward(_kernel_layout(input), alpha_f32, flat, EPS)
+        input_k = _kernel_layout(input)
+        output, log_max = extension.forward(input_k, _kernel_alpha(alpha, input_k, out_size), flat, EPS)
         ctx.save_for_backward(input, alpha, log_max)
         ctx.flat_geometry = flat
         return output
@@ -162,11 +179,12 @@ class CppPPool2dFunction(torch.autograd.Function):
     def backward(ctx, grad_output: Tensor):
         input, alpha, log_max = ctx.saved_tensors
         extension = load_extension()
-        alpha_f32 = alpha.detach().to(torch.float32).contiguous()
         input = _kernel_layout(input)
+        alpha_f32 = _kernel_alpha(alpha, input, log_max.shape[-2:])
         layout = torch.channels_last if is_channels_last(input) else torch.contiguous_format
         grad_output = grad_output.to(input.dtype).contiguous(memory_format=layout)
-        grad_input, grad_planes = extension.backward(input, alpha_f32, log_max, grad_output, ctx.flat_geometry, EPS)
-        grad_alpha = reduce_grad_alpha(grad_planes, alpha) if ctx.needs_input_grad[1] else None
+        grad_input, grad_alpha_parts = extension.backward(input, alpha_f32, log_max, grad_output, ctx.flat_geometry, EPS)
+        # per (n, c) plane for a flat alpha, per output for a dense one
+        grad_alpha = reduce_grad_alpha(grad_alpha_parts, alpha) if ctx.needs_input_grad[1] else None
         return grad_input if ctx.needs_input_grad[0] else None, grad_alpha, None, None
 

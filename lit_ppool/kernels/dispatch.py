@@ -26,7 +26,6 @@ import torch
 from torch import Tensor
 
 from lit_ppool.kernels import cpu
-from lit_ppool.kernels.common import is_dense
 from lit_ppool.kernels.reference import PPool2dFunction
 
 __all__ = ["BACKENDS", "get_backend", "select_function", "set_backend", "use_backend"]
@@ -91,9 +90,13 @@ def _triton_function():
 
 
 def select_function(input: Tensor, alpha: Tensor) -> type[torch.autograd.Function]:
-    """The autograd Function that pools ``input`` with ``alpha`` under the current backend."""
+    """The autograd Function that pools ``input`` with ``alpha`` under the current backend.
+
+    The choice depends on the input (device, dtype, tracing), not on alpha's form: one value,
+    one per channel and a dense map take the same path.
+    """
     backend = get_backend()
-    if backend == "reference" or is_dense(alpha):  # TODO(dense alpha in the fused kernels)
+    if backend == "reference":
         return PPool2dFunction
     if backend != "auto":
         if input.dtype not in _FUSED_DTYPES:

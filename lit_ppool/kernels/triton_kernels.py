@@ -8,6 +8,12 @@
   ``y`` and ``dL/dy / sum(u)`` to two transient output-sized float32 buffers and reduces
   ``dL/dalpha`` per program; then a per-input kernel gathers, for each input, the
   contributions of the windows that contain it (``gather``-style, fixed order).
+* Alpha: one value, or one per channel (``PER_CHANNEL``), loaded once per program; or dense
+  (``DENSE``: one value per output, a map that broadcasts to the output), loaded per window
+  through its strides (0 along the dimensions it broadcasts along, so it is never expanded in
+  memory). For a dense alpha the per-output kernel writes ``dL/dalpha`` per output, to an
+  output-sized float32 map that :func:`lit_ppool.kernels.common.reduce_grad_alpha` sums to
+  alpha's shape, instead of per program.
 
 Element offsets within a plane are int32 products (``h * sxh``), except where a tensor of the
 call spans 2**31 elements or more: then the kernels are compiled with ``INT64`` and index in
@@ -28,11 +34,12 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from lit_ppool.kernels.common import EPS, is_channels_last, reduce_grad_alpha
+from lit_ppool.kernels.common import EPS, is_channels_last, is_dense, reduce_grad_alpha
 
 __all__ = ["TritonPPool2dFunction"]
 
-_NAN_MAX = tl.PropagateNan.ALL
+# A constexpr global: Triton refuses other globals inside a compiled (not interpreted) kernel.
+_NAN_MAX = tl.constexpr(tl.PropagateNan.ALL)
 
 
 @triton.jit
@@ -54,19 +61,29 @@ def _window_element(x_base, oh, ow, live, i, j, H, W, sxh, sxw,
 
 
 @triton.jit
-def _plane_and_block(alpha_ptr, C, size, PER_CHANNEL: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    """This program's (n, c) plane, its block of ``size`` positions (offsets and mask) and the plane's alpha.
+def _plane_and_block(C, size, BLOCK: tl.constexpr, INT64: tl.constexpr):
+    """This program's (n, c) plane, its n and c, and its block of ``size`` positions (offsets and mask).
 
     The offsets, and so every row, column and element offset derived from them, are int64 if ``INT64``.
     """
     plane = tl.program_id(0).to(tl.int64)
-    c = plane % C
     block = tl.program_id(1)
     if INT64:
         block = block.to(tl.int64)
     offs = block * BLOCK + tl.arange(0, BLOCK)
-    alpha = tl.load(alpha_ptr + (c if PER_CHANNEL else 0)).to(tl.float32)
-    return plane, plane // C, c, offs, offs < size, alpha
+    return plane, plane // C, plane % C, offs, offs < size
+
+
+@triton.jit
+def _plane_alpha(alpha_ptr, c, PER_CHANNEL: tl.constexpr):
+    """The flat alpha of channel c: its own (``PER_CHANNEL``) or the layer's one value."""
+    return tl.load(alpha_ptr + (c if PER_CHANNEL else 0)).to(tl.float32)
+
+
+@triton.jit
+def _window_alpha(alpha_ptr, n, c, oh, ow, ok, san, sac, sah, saw):
+    """The dense alpha of the windows (oh, ow) of plane (n, c), 0 where ``ok`` is false."""
+    return tl.load(alpha_ptr + n * san + c * sac + oh * sah + ow * saw, mask=ok, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -87,13 +104,17 @@ def _window_stats(x_base, oh, ow, live, lm, alpha, H, W, sxh, sxw,
 
 @triton.jit
 def _forward_kernel(x_ptr, alpha_ptr, y_ptr, lmax_ptr, C, H, W, OH, OW,
-                    sxn, sxc, sxh, sxw, syn, syc, syh, syw,
-                    PER_CHANNEL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
+                    sxn, sxc, sxh, sxw, syn, syc, syh, syw, san, sac, sah, saw,
+                    PER_CHANNEL: tl.constexpr, DENSE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                     SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
                     EPS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, OH * OW, PER_CHANNEL, BLOCK, INT64)
+    plane, n, c, offs, live = _plane_and_block(C, OH * OW, BLOCK, INT64)
     oh = offs // OW
     ow = offs % OW
+    if DENSE:
+        alpha = _window_alpha(alpha_ptr, n, c, oh, ow, live, san, sac, sah, saw)
+    else:
+        alpha = _plane_alpha(alpha_ptr, c, PER_CHANNEL)
     x_base = x_ptr + n * sxn + c * sxc
     lm = tl.full([BLOCK], float("-inf"), tl.float32)
     for i in tl.static_range(KH):
@@ -112,14 +133,18 @@ def _forward_kernel(x_ptr, alpha_ptr, y_ptr, lmax_ptr, C, H, W, OH, OW,
 
 @triton.jit
 def _backward_windows_kernel(x_ptr, alpha_ptr, lmax_ptr, gy_ptr, y_ptr, gs_ptr, galpha_ptr, C, H, W, OH, OW,
-                             sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw,
-                             PER_CHANNEL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
+                             sxn, sxc, sxh, sxw, sgn, sgc, sgh, sgw, san, sac, sah, saw,
+                             PER_CHANNEL: tl.constexpr, DENSE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                              SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr,
                              DW: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
-    """Per output: y and dL/dy / sum(u) into float32 buffers; dL/dalpha summed per program."""
-    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, OH * OW, PER_CHANNEL, BLOCK, INT64)
+    """Per output: y and dL/dy / sum(u) into float32 buffers; dL/dalpha summed per program (per output if ``DENSE``)."""
+    plane, n, c, offs, live = _plane_and_block(C, OH * OW, BLOCK, INT64)
     oh = offs // OW
     ow = offs % OW
+    if DENSE:
+        alpha = _window_alpha(alpha_ptr, n, c, oh, ow, live, san, sac, sah, saw)
+    else:
+        alpha = _plane_alpha(alpha_ptr, c, PER_CHANNEL)
     x_base = x_ptr + n * sxn + c * sxc
     lm = tl.load(lmax_ptr + plane * OH * OW + offs, mask=live, other=0.0)
     total, weighted = _window_stats(x_base, oh, ow, live, lm, alpha, H, W, sxh, sxw,
@@ -137,17 +162,22 @@ def _backward_windows_kernel(x_ptr, alpha_ptr, lmax_ptr, gy_ptr, y_ptr, gs_ptr, 
             grad_alpha += tl.where(ok, grad_scaled * u * d * (x - y), 0.0)
     tl.store(y_ptr + plane * OH * OW + offs, y, mask=live)
     tl.store(gs_ptr + plane * OH * OW + offs, grad_scaled, mask=live)
-    tl.store(galpha_ptr + plane * tl.num_programs(1) + tl.program_id(1), tl.sum(grad_alpha, axis=0))
+    if DENSE:
+        tl.store(galpha_ptr + plane * OH * OW + offs, grad_alpha, mask=live)
+    else:
+        tl.store(galpha_ptr + plane * tl.num_programs(1) + tl.program_id(1), tl.sum(grad_alpha, axis=0))
 
 
 @triton.jit
 def _backward_inputs_kernel(x_ptr, alpha_ptr, lmax_ptr, y_ptr, gs_ptr, gx_ptr, C, H, W, OH, OW,
-                            sxn, sxc, sxh, sxw, sgxn, sgxc, sgxh, sgxw,
-                            PER_CHANNEL: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
+                            sxn, sxc, sxh, sxw, sgxn, sgxc, sgxh, sgxw, san, sac, sah, saw,
+                            PER_CHANNEL: tl.constexpr, DENSE: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr,
                             SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr, DH: tl.constexpr,
                             DW: tl.constexpr, EPS: tl.constexpr, BLOCK: tl.constexpr, INT64: tl.constexpr):
     """Per input: sum over the windows holding it of dL/dy w_i (1 + alpha (x_i - y) / x_i)."""
-    plane, n, c, offs, live, alpha = _plane_and_block(alpha_ptr, C, H * W, PER_CHANNEL, BLOCK, INT64)
+    plane, n, c, offs, live = _plane_and_block(C, H * W, BLOCK, INT64)
+    if not DENSE:
+        plane_alpha = _plane_alpha(alpha_ptr, c, PER_CHANNEL)
     h = offs // W
     w = offs % W
     x = tl.load(x_ptr + n * sxn + c * sxc + h * sxh + w * sxw, mask=live, other=0.0).to(tl.float32)
@@ -167,6 +197,8 @@ def _backward_inputs_kernel(x_ptr, alpha_ptr, lmax_ptr, y_ptr, gs_ptr, gx_ptr, C
             lm = tl.load(lmax_ptr + index, mask=ok, other=0.0)
             y = tl.load(y_ptr + index, mask=ok, other=0.0)
             grad_scaled = tl.load(gs_ptr + index, mask=ok, other=0.0)
+            # a dense alpha is that of the window (oh, ow)
+            alpha = _window_alpha(alpha_ptr, n, c, oh, ow, ok, san, sac, sah, saw) if DENSE else plane_alpha
             u = tl.exp(alpha * (log_x - lm))
             # The weight is locally constant below EPS, so the slope term vanishes there.
             slope = tl.where(x >= EPS, alpha * (x - y) / tl.maximum(x, EPS), 0.0)
@@ -183,10 +215,24 @@ def _block(size: int) -> int:
     return max(16, min(1024, triton.next_power_of_2(size)))
 
 
-def _constexprs(geometry, per_channel: bool, *tensors: Tensor) -> dict:
+def _constexprs(geometry, alpha: Tensor, *tensors: Tensor) -> dict:
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = geometry[:4]
-    return {"PER_CHANNEL": per_channel, "KH": kh, "KW": kw, "SH": sh, "SW": sw, "PH": ph, "PW": pw, "DH": dh,
-            "DW": dw, "EPS": EPS, "INT64": _needs_int64(*tensors)}
+    dense = is_dense(alpha)
+    return {"PER_CHANNEL": not dense and alpha.numel() > 1, "DENSE": dense, "KH": kh, "KW": kw, "SH": sh, "SW": sw,
+            "PH": ph, "PW": pw, "DH": dh, "DW": dw, "EPS": EPS, "INT64": _needs_int64(*tensors)}
+
+
+def _kernel_alpha(alpha: Tensor, out_shape) -> tuple[Tensor, tuple[int, ...]]:
+    """``alpha`` in float32 as the kernels take it, and the strides they read a dense one with.
+
+    A dense alpha becomes a view broadcast to the output's shape (stride 0 where it broadcasts,
+    no copy); a flat one is made contiguous (its strides are unused: zeros).
+    """
+    alpha = alpha.detach().to(torch.float32)
+    if is_dense(alpha):
+        alpha = alpha.expand(out_shape)
+        return alpha, alpha.stride()
+    return alpha.contiguous(), (0, 0, 0, 0)
 
 
 def _needs_int64(*tensors: Tensor) -> bool:
@@ -202,22 +248,24 @@ def _empty_like_layout(input: Tensor, shape, dtype) -> Tensor:
 class TritonPPool2dFunction(torch.autograd.Function):
     """Autograd Function of the Triton path (float32, float16 and bfloat16 inputs).
 
-    Saves the input, alpha and the log of the window maximum (one float32 value per output).
+    Takes alpha flat (one value, or one per channel) or dense (4-d, broadcasting to the
+    output). Saves the input, alpha as given (at most output-sized) and the log of the window
+    maximum (one float32 value per output): nothing window-sized.
     """
 
     @staticmethod
     def forward(ctx, input: Tensor, alpha: Tensor, geometry, out_size) -> Tensor:
         n, c, h, w = input.shape
         oh, ow = out_size
-        alpha_f32 = alpha.detach().to(torch.float32).contiguous()
+        alpha_k, alpha_strides = _kernel_alpha(alpha, (n, c, oh, ow))
         output = _empty_like_layout(input, (n, c, oh, ow), input.dtype)
         log_max = torch.empty((n, c, oh, ow), dtype=torch.float32, device=input.device)
         block = _block(oh * ow)
         grid = (n * c, triton.cdiv(oh * ow, block))
         with _on_device(input):
-            _forward_kernel[grid](input, alpha_f32, output, log_max, c, h, w, oh, ow,
-                                  *input.stride(), *output.stride(), BLOCK=block,
-                                  **_constexprs(geometry, alpha.numel() > 1, input, output))
+            _forward_kernel[grid](input, alpha_k, output, log_max, c, h, w, oh, ow,
+                                  *input.stride(), *output.stride(), *alpha_strides, BLOCK=block,
+                                  **_constexprs(geometry, alpha, input, output, alpha_k))
         ctx.save_for_backward(input, alpha, log_max)
         ctx.geometry = geometry
         return output
@@ -228,23 +276,28 @@ class TritonPPool2dFunction(torch.autograd.Function):
         input, alpha, log_max = ctx.saved_tensors
         n, c, h, w = input.shape
         oh, ow = log_max.shape[-2:]
-        alpha_f32 = alpha.detach().to(torch.float32).contiguous()
+        alpha_k, alpha_strides = _kernel_alpha(alpha, (n, c, oh, ow))
         grad_input = _empty_like_layout(input, input.shape, input.dtype)
-        constexprs = _constexprs(ctx.geometry, alpha.numel() > 1, input, grad_output, grad_input)
+        constexprs = _constexprs(ctx.geometry, alpha, input, grad_output, grad_input, alpha_k)
         y = torch.empty_like(log_max)
         grad_scaled = torch.empty_like(log_max)
         block = _block(oh * ow)
         grid = (n * c, triton.cdiv(oh * ow, block))
-        grad_alpha_blocks = torch.empty(grid, dtype=torch.float32, device=input.device)
+        if is_dense(alpha):
+            grad_alpha_parts = torch.empty_like(log_max)  # dL/dalpha per output
+        else:
+            grad_alpha_parts = torch.empty(grid, dtype=torch.float32, device=input.device)  # per program
         with _on_device(input):
-            _backward_windows_kernel[grid](input, alpha_f32, log_max, grad_output, y, grad_scaled, grad_alpha_blocks,
-                                           c, h, w, oh, ow, *input.stride(), *grad_output.stride(), BLOCK=block,
-                                           **constexprs)
+            _backward_windows_kernel[grid](input, alpha_k, log_max, grad_output, y, grad_scaled, grad_alpha_parts,
+                                           c, h, w, oh, ow, *input.stride(), *grad_output.stride(), *alpha_strides,
+                                           BLOCK=block, **constexprs)
             block_in = _block(h * w)
             _backward_inputs_kernel[(n * c, triton.cdiv(h * w, block_in))](
-                input, alpha_f32, log_max, y, grad_scaled, grad_input, c, h, w, oh, ow, *input.stride(),
-                *grad_input.stride(), BLOCK=block_in, **constexprs)
+                input, alpha_k, log_max, y, grad_scaled, grad_input, c, h, w, oh, ow, *input.stride(),
+                *grad_input.stride(), *alpha_strides, BLOCK=block_in, **constexprs)
         grad_alpha = None
         if ctx.needs_input_grad[1]:
-            grad_alpha = reduce_grad_alpha(grad_alpha_blocks.sum(dim=1).view(n, c), alpha)
+            if not is_dense(alpha):
+                grad_alpha_parts = grad_alpha_parts.sum(dim=1).view(n, c)
+            grad_alpha = reduce_grad_alpha(grad_alpha_parts, alpha)
         return grad_input if ctx.needs_input_grad[0] else None, grad_alpha, None, None

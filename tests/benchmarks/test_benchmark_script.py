@@ -40,3 +40,16 @@ def test_benchmark_only_option_selects_the_tables():
         assert result.returncode == 0, result.stderr[-3000:]
         titles = re.findall(r"^\*\*(.+?)\*\*$", result.stdout, flags=re.M)
         assert len(titles) == expected and all(("smp.Unet" in title) == (only == "model") for title in titles), titles
+
+
+def test_dense_alpha_benchmark_quick_run_prints_every_candidate():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dense_alpha.py"), "--quick", "--rounds", "1"],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.findall(r"^\*\*(.+?)\*\*$", result.stdout, flags=re.M) == ["Dense alpha, CPU float32, 1 rounds"]
+    candidates = re.findall(r"^\| quick [^|]+ \| ([^|]+) \| [\d.]+ \|", result.stdout, flags=re.M)
+    per_pool = ["F.max_pool2d", "p_pool2d per-channel alpha", "p_pool2d dense alpha (N, C, Ho, Wo)",
+                "p_pool2d dense alpha (N, 1, Ho, Wo)"]
+    assert candidates == per_pool * 2

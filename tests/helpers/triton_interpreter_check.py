@@ -1,6 +1,7 @@
 """Run by tests/kernels/test_kernels.py in a subprocess with ``TRITON_INTERPRET=1``: Triton kernels vs the reference on CPU.
 
-Prints one JSON line per case: ``{"case": ..., "failures": [[quantity, error, allowed], ...]}``.
+Prints one JSON line per case: ``{"case": ..., "failures": [[quantity, error, allowed], ...]}``:
+the flat-alpha cases, the dense-alpha cases, then one with NaN in the input and in a dense alpha.
 ``--offsets`` runs the case of element offsets past 2**31 instead (one line).
 """
 
@@ -12,10 +13,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: `helpers`
 
-from lit_ppool.functional import pool_geometry
+from lit_ppool.functional import pool_geometry, pool_output_shape
 from lit_ppool.kernels.triton_kernels import TritonPPool2dFunction
 
-from helpers.kernel_parity import GEOMETRIES, make_input, parity_failures
+from helpers.kernel_parity import GEOMETRIES, dense_alpha, make_input, nan_failures, parity_failures
 
 CASES = [
     # (geometry index, dtype, alpha, per-channel, layout)
@@ -26,6 +27,32 @@ CASES = [
     (4, "float16", 3.0, False, "channels_last"),
     (1, "float32", 2.0, False, "sliced"),  # non-contiguous: dL/dx goes through its own strides
 ]
+
+DENSE_CASES = [
+    # (geometry index, dtype, alphas in [0, top], dense form, layout)
+    (0, "float32", 100.0, "full", "nchw"),
+    (1, "float32", 4.0, "per_image", "channels_last"),
+    (3, "float16", 100.0, "per_position", "nchw"),
+    (5, "bfloat16", 4.0, "full", "channels_last"),
+    (4, "float32", 4.0, "full", "sliced"),
+]
+
+
+def layout_input(dtype: torch.dtype, layout: str) -> torch.Tensor:
+    x = make_input((2, 3, 7, 16) if layout == "sliced" else (2, 3, 7, 8), dtype)
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    return x[..., 1:15:2] if layout == "sliced" else x
+
+
+def nan_case_failures() -> list:
+    """NaN in one input and in one window's alpha of a full map: NaN where the oracle has it, nowhere else."""
+    x = make_input((2, 3, 8, 8), torch.float32)
+    x[1, 2, 5, 6] = float("nan")
+    geometry = pool_geometry(*GEOMETRIES[0])
+    alpha = dense_alpha((2, 3, *pool_output_shape((8, 8), geometry)), "full", 4.0)
+    alpha[0, 1, 2, 1] = float("nan")
+    return nan_failures(TritonPPool2dFunction, x, alpha, geometry)
 
 
 def offsets_past_int32_failures() -> list:
@@ -45,12 +72,14 @@ if __name__ == "__main__":
         print(json.dumps({"case": "offsets past 2**31", "failures": offsets_past_int32_failures()}))
         sys.exit()
     for index, dtype_name, value, per_channel, layout in CASES:
-        dtype = getattr(torch, dtype_name)
-        x = make_input((2, 3, 7, 16) if layout == "sliced" else (2, 3, 7, 8), dtype)
-        if layout == "channels_last":
-            x = x.contiguous(memory_format=torch.channels_last)
-        elif layout == "sliced":
-            x = x[..., 1:15:2]
+        x = layout_input(getattr(torch, dtype_name), layout)
         alpha = torch.full((3,) if per_channel else (1,), value)
         failures = parity_failures(TritonPPool2dFunction, x, alpha, pool_geometry(*GEOMETRIES[index]))
         print(json.dumps({"case": [index, dtype_name, value, per_channel, layout], "failures": failures}))
+    for index, dtype_name, top, form, layout in DENSE_CASES:
+        x = layout_input(getattr(torch, dtype_name), layout)
+        geometry = pool_geometry(*GEOMETRIES[index])
+        alpha = dense_alpha((*x.shape[:2], *pool_output_shape(tuple(x.shape[-2:]), geometry)), form, top)
+        failures = parity_failures(TritonPPool2dFunction, x, alpha, geometry)
+        print(json.dumps({"case": [index, dtype_name, top, form, layout], "failures": failures}))
+    print(json.dumps({"case": "NaN in the input and in a dense alpha", "failures": nan_case_failures()}))

@@ -17,7 +17,16 @@ from lit_ppool.kernels import dispatch
 from lit_ppool.kernels.cpu import CppPPool2dFunction, load_extension
 from lit_ppool.kernels.reference import PPool2dFunction
 
-from helpers.kernel_parity import TOLERANCES, cases, make_input, parity_failures, run
+from helpers.kernel_parity import (
+    TOLERANCES,
+    cases,
+    dense_alpha,
+    dense_cases,
+    make_input,
+    nan_failures,
+    parity_failures,
+    run,
+)
 from helpers.tiny import HELPERS
 
 ALPHA = torch.ones(1)  # one alpha per layer: what select_function is asked about
@@ -42,6 +51,21 @@ def test_cpu_kernel_matches_reference(dtype, layout):
     assert not failures
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+def test_cpu_kernel_matches_reference_with_a_dense_alpha(dtype, layout):
+    """One alpha per window, in [0, 1.5] and in [0, 100] with exact zeros: the full map and the
+    (N, 1, H_out, W_out) and (1, 1, H_out, W_out) maps that broadcast to it."""
+    failures = []
+    for spec, x, alpha, geometry in dense_cases(dtypes=(dtype,)):
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        failures += [
+            (spec, tuple(alpha.shape), *failure) for failure in parity_failures(CppPPool2dFunction, x, alpha, geometry)
+        ]
+    assert not failures
+
+
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "wide"])
 def test_cpu_kernel_handles_layouts_and_widths(layout):
     """Channels-last with more channels than vector lanes and a tail, non-contiguous inputs, and
@@ -53,7 +77,10 @@ def test_cpu_kernel_handles_layouts_and_widths(layout):
     else:
         x = make_input((1, 2, 6, 77), torch.float32)
     for spec in [(2, 2, 0, 1, False), (3, 2, 1, 1, False)]:
-        assert not parity_failures(CppPPool2dFunction, x, torch.tensor([2.0]), pool_geometry(*spec)), spec
+        geometry = pool_geometry(*spec)
+        assert not parity_failures(CppPPool2dFunction, x, torch.tensor([2.0]), geometry), spec
+        dense = dense_alpha((*x.shape[:2], *pool_output_shape(tuple(x.shape[-2:]), geometry)), "full", 4.0)
+        assert not parity_failures(CppPPool2dFunction, x, dense, geometry), spec
     if layout == "channels_last":
         per_channel = torch.linspace(0.0, 4.0, x.shape[1])
         assert not parity_failures(CppPPool2dFunction, x, per_channel, pool_geometry(3, 2, 1))
@@ -82,6 +109,70 @@ def test_cpu_kernel_special_values(layout):
     out = p_pool2d(x, 1.0, 2)
     assert torch.isnan(out[0, 0, 1, 1]) and torch.isnan(out[0, 0]).sum() == 1
     assert torch.isfinite(out[0, 1:]).all()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_kernel_special_values_with_a_dense_alpha(layout):
+    """The inputs above under a map of alphas in [0, 100] (zeros, 1e-3 and 100 among them); then NaN
+    in one input and in one window's alpha: NaN where the reference has it (that window's output,
+    dL/dalpha and the dL/dx of its inputs), nowhere else."""
+    x = torch.zeros(1, 4, 6, 6)
+    x[0, 1] = 1e-40
+    x[0, 2] = torch.rand(6, 6, generator=torch.Generator().manual_seed(0)) * 1e4
+    x[0, 3] = torch.rand(6, 6, generator=torch.Generator().manual_seed(1)) - 0.5
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for spec in [(2, 2, 0, 1, False), (3, 1, 1, 1, False), (2, 2, 1, 3, True)]:
+        geometry = pool_geometry(*spec)
+        alpha = dense_alpha((1, 4, *pool_output_shape((6, 6), geometry)), "full", 100.0)
+        alpha.view(-1)[2::11] = 1e-3
+        failures = parity_failures(CppPPool2dFunction, x, alpha, geometry, tolerance=1e-4)
+        assert not failures, (spec, failures)
+    x = make_input((2, 20, 8, 8), torch.float32)
+    x[1, 2, 5, 6] = float("nan")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    alpha = dense_alpha((2, 20, 4, 4), "full", 4.0)
+    alpha[0, 17, 2, 1] = float("nan")
+    assert not nan_failures(CppPPool2dFunction, x, alpha, pool_geometry(2))
+    out = p_pool2d(x, alpha, 2)
+    assert out.isnan().sum() == 2 and out[0, 17, 2, 1].isnan() and out[1, 2, 2, 3].isnan()
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_cpu_kernel_dense_alpha_of_one_value_per_channel_is_the_flat_alpha(layout):
+    """A full map holding each channel's alpha everywhere: the same output and dL/dx bit for bit
+    (the same window math), and dL/dalpha that sums over the map to the flat alpha's."""
+    x = make_input((2, 20, 12, 13), torch.float32)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    flat = torch.linspace(0.0, 3.0, 20)
+    for spec in [(2, 2, 0, 1, False), (3, 2, 1, 1, False), (3, 1, 1, 2, True)]:
+        geometry = pool_geometry(*spec)
+        out_size = pool_output_shape((12, 13), geometry)
+        dense = flat.view(1, 20, 1, 1).expand(2, 20, *out_size).clone()
+        grad = torch.randn(2, 20, *out_size, generator=torch.Generator().manual_seed(2))
+        out_flat, grad_x_flat, grad_alpha_flat = run(CppPPool2dFunction, x, flat, geometry, grad)
+        out_dense, grad_x_dense, grad_alpha_dense = run(CppPPool2dFunction, x, dense, geometry, grad)
+        assert torch.equal(out_dense, out_flat) and torch.equal(grad_x_dense, grad_x_flat), spec
+        assert grad_alpha_dense.shape == dense.shape
+        torch.testing.assert_close(grad_alpha_dense.sum(dim=(0, 2, 3)), grad_alpha_flat)
+
+
+def test_cpu_kernel_checks_the_sign_of_a_dense_alpha():
+    """A negative value anywhere in the map is refused as a flat alpha is; NaN passes (it makes its windows NaN)."""
+    x = torch.rand(2, 3, 8, 8)
+    for shape in [(2, 3, 4, 4), (1, 1, 4, 4)]:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            alpha = torch.full(shape, 0.5)
+            alpha[0, 0, 3, 2] = -0.5
+            with pytest.raises(ValueError, match=r"`alpha` >= 0 .* it holds -0.5.* clamp a tensor alpha"):
+                p_pool2d(x.contiguous(memory_format=layout), alpha, 2)
+    alpha = torch.full((2, 3, 4, 4), 0.5)
+    alpha[1, 2, 0, 0] = float("nan")
+    assert p_pool2d(x, alpha, 2).isnan().sum() == 1
+    with pytest.raises(ValueError, match="it holds -0.5"):  # a NaN ahead of it does not hide a negative value
+        p_pool2d(x, torch.tensor([float("nan"), -0.5, 1.0]), 2)
 
 
 # The kernel's other builds: AVX2 uses the same inlined exp/log with 8 lanes and other
@@ -135,16 +226,17 @@ def test_cpu_kernel_results_do_not_depend_on_the_thread_count(torch_threads, lay
     x = make_input((1, 40, 14, 16), torch.float32)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    alpha = torch.linspace(0.5, 3.0, 40)
     for spec in [(2, 2, 0, 1, False), (3, 2, 1, 1, False)]:
         geometry = pool_geometry(*spec)
-        grad = torch.randn(1, 40, *pool_output_shape((14, 16), geometry), generator=torch.Generator().manual_seed(1))
-        results = []
-        for threads in (1, 2, 3):
-            torch_threads(threads)
-            results.append(run(CppPPool2dFunction, x, alpha, geometry, grad))
-        for quantities in zip(*results):
-            assert all(torch.equal(quantities[0], other) for other in quantities[1:]), spec
+        out_size = pool_output_shape((14, 16), geometry)
+        grad = torch.randn(1, 40, *out_size, generator=torch.Generator().manual_seed(1))
+        for alpha in (torch.linspace(0.5, 3.0, 40), dense_alpha((1, 40, *out_size), "full", 3.0)):
+            results = []
+            for threads in (1, 2, 3):
+                torch_threads(threads)
+                results.append(run(CppPPool2dFunction, x, alpha, geometry, grad))
+            for quantities in zip(*results):
+                assert all(torch.equal(quantities[0], other) for other in quantities[1:]), (spec, alpha.dim())
 
 
 def test_cpu_kernel_keeps_less_for_backward_than_max_pool():
@@ -165,6 +257,24 @@ def test_cpu_kernel_keeps_less_for_backward_than_max_pool():
     assert ours <= max_pool
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 16, 16), (2, 1, 16, 16), (1, 1, 16, 16)])
+def test_cpu_kernel_keeps_output_sized_tensors_for_a_dense_alpha(shape):
+    """Saved with a dense alpha: the input, alpha as given (no expanded copy) and the float32 log
+    window maximum; nothing window-sized."""
+    x = make_input((2, 8, 32, 32), torch.float32).requires_grad_()
+    alpha = torch.rand(shape, requires_grad=True)
+    assert dispatch.select_function(x, alpha) is CppPPool2dFunction
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = p_pool2d(x, alpha, 3, 2, 1)
+    assert out.grad_fn.name() == "CppPPool2dFunctionBackward"
+    extra = [t for t in saved if t.data_ptr() not in (x.data_ptr(), alpha.data_ptr())]
+    assert [(tuple(t.shape), t.dtype) for t in extra] == [(tuple(out.shape), torch.float32)]
+    assert sum(t.numel() for t in saved) <= x.numel() + 2 * out.numel()
+    out.backward(torch.ones_like(out))
+    assert alpha.grad.shape == alpha.shape and x.grad.shape == x.shape
+
+
 # --------------------------------------------------------------------------- backend choice
 
 
@@ -178,6 +288,16 @@ def test_auto_backend_choice():
         assert dispatch.select_function(x, ALPHA) is PPool2dFunction
         assert p_pool2d(x.requires_grad_(), 1.0, 2).grad_fn.name() == "PPool2dFunctionBackward"
     assert dispatch.get_backend() == "auto"
+
+
+def test_dense_alpha_takes_the_same_path_as_a_flat_one():
+    x = torch.rand(1, 2, 8, 8)
+    for dense in (torch.rand(1, 2, 4, 4), torch.rand(1, 1, 4, 4)):
+        assert dispatch.select_function(x, dense) is CppPPool2dFunction
+        assert dispatch.select_function(x.bfloat16(), dense) is CppPPool2dFunction
+        assert dispatch.select_function(x.double(), dense.double()) is PPool2dFunction
+        with dispatch.use_backend("reference"):
+            assert dispatch.select_function(x, dense) is PPool2dFunction
 
 
 def test_compiled_model_traces_the_reference_path():
@@ -215,7 +335,7 @@ def test_triton_kernels_match_reference_in_the_interpreter():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 6
+    assert len(rows) == 12  # 6 flat-alpha cases, 5 dense-alpha cases, 1 with NaN in the input and in alpha
     for row in rows:
         assert not row["failures"], row
 
@@ -231,6 +351,31 @@ def test_triton_kernels_index_offsets_past_2_31_in_the_interpreter():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout) == {"case": "offsets past 2**31", "failures": []}
+
+
+@pytest.mark.parametrize("alpha_form", ["per layer", "per channel", "dense"])
+def test_triton_kernels_compile_for_a_gpu_target(alpha_form):
+    """Triton's compiler (front end to PTX and ptxas, for sm_90) without a GPU: it refuses code that
+    the interpreter runs, e.g. a kernel that reads a global that is not a constexpr."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lit_ppool.kernels import triton_kernels
+
+    constexprs = {"PER_CHANNEL": alpha_form == "per channel", "DENSE": alpha_form == "dense", "KH": 3, "KW": 3,
+                  "SH": 2, "SW": 2, "PH": 1, "PW": 1, "DH": 1, "DW": 1, "EPS": 1e-6, "INT64": False, "BLOCK": 256}
+    for kernel in (triton_kernels._forward_kernel, triton_kernels._backward_windows_kernel,
+                   triton_kernels._backward_inputs_kernel):
+        # a bfloat16 input, float32 pointers otherwise, int32 sizes and strides
+        kinds = {"x_ptr": "*bf16"}
+        signature = {
+            name: "constexpr" if name in constexprs else kinds.get(name, "*fp32" if name.endswith("_ptr") else "i32")
+            for name in kernel.arg_names
+        }
+        compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32))
+        assert ".entry" in compiled.asm["ptx"]
 
 
 @pytest.mark.cuda

@@ -23,13 +23,21 @@
 // straight from the tensor and backward writes dL/dx straight out (see "Non-overlapping
 // windows" below).
 //
+// Alpha comes in two forms, a template parameter of every kernel (`dense`), so that neither
+// pays for the other in its inner loops. Flat: one value, or one per channel, fixed per plane
+// (NCHW) or per channel block (channels-last) and hoisted out of the loops; dL/dalpha is
+// summed per (n, c) plane. Dense: one value per output, a float32 tensor of the output's
+// shape in the output's memory layout, so the alphas of a vector of outputs are one load at
+// the outputs' offset (NCHW: V outputs of a row; channels-last: V channels of a pixel);
+// dL/dalpha is then written per output, a map of the same shape and layout.
+//
 // Numerics (as in lit_ppool.kernels.reference): weights u_i = exp(alpha * (l_i - lm)), lm =
 // the window maximum of l (at least log eps), so u is in (0, 1], the maximum weighs 1 and
 // nothing overflows; padded positions weigh 0; NaN propagates. exp and log are inlined
 // polynomial approximations (within 1 ulp of float32, measured) instead of calls into Sleef,
 // since they are most of the arithmetic. Forward saves lm (one float per output) for backward. Backward
 // recomputes the weights and accumulates dL/dx into the task's buffers window by window in
-// a fixed order (deterministic, no atomics), and dL/dalpha per (n, c).
+// a fixed order (deterministic, no atomics), and dL/dalpha per (n, c) plane or per output.
 
 #include <torch/extension.h>
 
@@ -355,9 +363,26 @@ inline Vec window_backward(const std::vector<int64_t>& taps, const float* logs, 
   return grad_alpha;
 }
 
-// alpha as given and as used in the weights.
+// alpha as given and as used in the weights (lane by lane; NaN stays NaN).
 inline std::pair<Vec, Vec> with_weight_alpha(const Vec& alpha) {
   return {alpha, at::vec::maximum(alpha, Vec(kTinyAlpha))};
+}
+
+// A dense alpha: the alphas of the `count` outputs at offset `at` of the output (0 past
+// them), as given and as used in the weights.
+inline std::pair<Vec, Vec> output_alphas(const float* alphas, int64_t at, int64_t count) {
+  return with_weight_alpha(Vec::loadu(alphas + at, count));
+}
+
+// The dL/dalpha terms of V outputs: added to the plane's or channel block's sum (flat alpha),
+// or the `count` of them written at offset `at` of the dL/dalpha map (dense alpha).
+template <bool dense>
+inline void collect_grad_alpha(const Vec& terms, Vec& sum, float* galpha, int64_t at, int64_t count) {
+  if constexpr (dense) {
+    terms.store(galpha + at, count);
+  } else {
+    sum = sum + terms;
+  }
 }
 
 inline float lane_sum(const Vec& v) {
@@ -369,6 +394,8 @@ inline float lane_sum(const Vec& v) {
 }
 
 // The tensors of one call, as sizes and raw pointers.
+// `alphas`: a flat alpha (`per_channel`: C values, else 1) or a dense one (one per output, in
+// the output's layout); `galpha`: dL/dalpha per (n, c) plane, or per output for a dense alpha.
 template <typename scalar_t>
 struct ForwardData {
   int64_t batch, channels;
@@ -396,22 +423,28 @@ struct BackwardData {
   float* galpha;
 
   BackwardData(const at::Tensor& input, const at::Tensor& alpha, const at::Tensor& log_max,
-               const at::Tensor& grad_output, at::Tensor& grad_input, at::Tensor& grad_alpha_planes)
+               const at::Tensor& grad_output, at::Tensor& grad_input, at::Tensor& grad_alpha)
       : batch(input.size(0)), channels(input.size(1)), in(input.data_ptr<scalar_t>()),
         gout(grad_output.data_ptr<scalar_t>()), alphas(alpha.data_ptr<float>()), per_channel(alpha.numel() > 1),
         lmax(log_max.data_ptr<float>()), gin(grad_input.data_ptr<scalar_t>()),
-        galpha(grad_alpha_planes.data_ptr<float>()) {}
+        galpha(grad_alpha.data_ptr<float>()) {}
 };
 
 // ---------------------------------------------------------------------------------------
 // NCHW kernels.
 
-// The alpha of plane p, as given and as used in the weights.
+// The flat alpha of plane p, as given and as used in the weights (nothing for a dense alpha,
+// which the kernels load per vector of outputs).
+template <bool dense>
 inline std::pair<Vec, Vec> plane_alpha(const float* alphas, bool per_channel, int64_t p, int64_t channels) {
-  return with_weight_alpha(Vec(alphas[per_channel ? p % channels : 0]));
+  if constexpr (dense) {
+    return {};
+  } else {
+    return with_weight_alpha(Vec(alphas[per_channel ? p % channels : 0]));
+  }
 }
 
-template <typename scalar_t>
+template <bool dense, typename scalar_t>
 void forward_kernel(const ForwardData<scalar_t>& d, const Geometry& g, float eps) {
   const int64_t planes = d.batch * d.channels;
   const int64_t in_plane = g.height * g.width;
@@ -423,22 +456,24 @@ void forward_kernel(const ForwardData<scalar_t>& d, const Geometry& g, float eps
     const Vec log_eps(std::log(eps));
     for (int64_t p = begin; p < end; ++p) {
       split_plane(d.in + p * in_plane, g, eps, s);
-      const Vec a_w = plane_alpha(d.alphas, d.per_channel, p, d.channels).second;
+      Vec a_w = plane_alpha<dense>(d.alphas, d.per_channel, p, d.channels).second;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        float* lmax_row = d.lmax + p * out_plane + oh * g.out_w;
+        const int64_t row_at = p * out_plane + oh * g.out_w;
         for (int64_t ow = 0; ow < g.out_w; ow += V) {
+          const int64_t count = std::min(V, g.out_w - ow);
+          if constexpr (dense) a_w = output_alphas(d.alphas, row_at + ow, count).second;
           const float* logs = s.logs.data() + g.origin(oh, ow);
           const Vec lm = window_log_max(g.taps, logs, log_eps);
           window_output(g.taps, logs, s.values.data() + g.origin(oh, ow), lm, a_w).store(row.data() + ow);
-          lm.store(lmax_row + ow, std::min(V, g.out_w - ow));
+          lm.store(d.lmax + row_at + ow, count);
         }
-        store_row(row.data(), d.out + p * out_plane + oh * g.out_w, g.out_w);
+        store_row(row.data(), d.out + row_at, g.out_w);
       }
     }
   });
 }
 
-template <typename scalar_t>
+template <bool dense, typename scalar_t>
 void backward_kernel(const BackwardData<scalar_t>& d, const Geometry& g, float eps) {
   const int64_t planes = d.batch * d.channels;
   const int64_t in_plane = g.height * g.width;
@@ -451,28 +486,33 @@ void backward_kernel(const BackwardData<scalar_t>& d, const Geometry& g, float e
     for (int64_t p = begin; p < end; ++p) {
       split_plane(d.in + p * in_plane, g, eps, s);
       std::fill(grad.begin(), grad.end(), 0.0f);
-      const auto [a, a_w] = plane_alpha(d.alphas, d.per_channel, p, d.channels);
+      Vec a, a_w;
+      std::tie(a, a_w) = plane_alpha<dense>(d.alphas, d.per_channel, p, d.channels);
       Vec grad_alpha(0.0f);
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
-        load_row(d.gout + p * out_plane + oh * g.out_w, grow.data(), g.out_w, g.out_w_padded, 0.0f);
-        load_row(d.lmax + p * out_plane + oh * g.out_w, lrow.data(), g.out_w, g.out_w_padded, kNoWindow);
+        const int64_t row_at = p * out_plane + oh * g.out_w;
+        load_row(d.gout + row_at, grow.data(), g.out_w, g.out_w_padded, 0.0f);
+        load_row(d.lmax + row_at, lrow.data(), g.out_w, g.out_w_padded, kNoWindow);
         for (int64_t ow = 0; ow < g.out_w; ow += V) {
-          const int64_t origin = g.origin(oh, ow);
+          const int64_t origin = g.origin(oh, ow), count = std::min(V, g.out_w - ow);
+          if constexpr (dense) std::tie(a, a_w) = output_alphas(d.alphas, row_at + ow, count);
           const Vec lm = Vec::loadu(lrow.data() + ow);
           const Vec grad_y = Vec::loadu(grow.data() + ow);
-          if (ow + V <= g.out_w) {
-            grad_alpha = grad_alpha + window_backward<false>(g.taps, s.logs.data() + origin, s.values.data() + origin,
-                                                             s.recips.data() + origin, grad.data() + origin,
-                                                             weights.data(), lm, grad_y, a, a_w, Vec());
+          Vec terms;
+          if (count == V) {
+            terms = window_backward<false>(g.taps, s.logs.data() + origin, s.values.data() + origin,
+                                           s.recips.data() + origin, grad.data() + origin, weights.data(), lm, grad_y,
+                                           a, a_w, Vec());
           } else {
-            const Vec live = Vec::set(Vec(0.0f), Vec(1.0f), g.out_w - ow) == Vec(1.0f);
-            grad_alpha = grad_alpha + window_backward<true>(g.taps, s.logs.data() + origin, s.values.data() + origin,
-                                                            s.recips.data() + origin, grad.data() + origin,
-                                                            weights.data(), lm, grad_y, a, a_w, live);
+            const Vec live = Vec::set(Vec(0.0f), Vec(1.0f), count) == Vec(1.0f);
+            terms = window_backward<true>(g.taps, s.logs.data() + origin, s.values.data() + origin,
+                                          s.recips.data() + origin, grad.data() + origin, weights.data(), lm, grad_y,
+                                          a, a_w, live);
           }
+          collect_grad_alpha<dense>(terms, grad_alpha, d.galpha, row_at + ow, count);
         }
       }
-      d.galpha[p] = lane_sum(grad_alpha);
+      if constexpr (!dense) d.galpha[p] = lane_sum(grad_alpha);
       // Un-split: input row r sits at padded row r + ph; rows no window reads get 0.
       scalar_t* dst = d.gin + p * in_plane;
       for (int64_t r = 0; r < g.height; ++r) {
@@ -557,7 +597,7 @@ inline bool is_read(int64_t r, int64_t k, int64_t s, int64_t d, int64_t out) {
 // deinterleave of 2V consecutive inputs, and dL/dx one interleave back.
 inline bool nchw_pairs(const Geometry& g) { return non_overlapping(g) && g.kw == 2 && g.sw == 2 && g.dw == 1; }
 
-template <typename scalar_t>
+template <bool dense, typename scalar_t>
 void forward_pairs(const ForwardData<scalar_t>& d, const Geometry& g, float eps) {
   const int64_t planes = d.batch * d.channels;
   const int64_t in_plane = g.height * g.width;
@@ -569,14 +609,15 @@ void forward_pairs(const ForwardData<scalar_t>& d, const Geometry& g, float eps)
     std::vector<float> rows(g.kh * row_size);
     const Vec veps(eps), log_eps(std::log(eps));
     for (int64_t p = begin; p < end; ++p) {
-      const Vec a_w = plane_alpha(d.alphas, d.per_channel, p, d.channels).second;
+      Vec a_w = plane_alpha<dense>(d.alphas, d.per_channel, p, d.channels).second;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         for (int64_t i = 0; i < g.kh; ++i) {
           const scalar_t* src = d.in + p * in_plane + (oh * g.sh + i * g.dh) * g.width;
           load_row(src, rows.data() + i * row_size, std::min(g.width, row_size), row_size, 0.0f);
         }
-        scalar_t* out_row = d.out + p * out_plane + oh * g.out_w;
-        float* lmax_row = d.lmax + p * out_plane + oh * g.out_w;
+        const int64_t row_at = p * out_plane + oh * g.out_w;
+        scalar_t* out_row = d.out + row_at;
+        float* lmax_row = d.lmax + row_at;
         for (int64_t ow = 0; ow < g.out_w; ow += V) {
           for (int64_t i = 0; i < g.kh; ++i) {
             const float* src = rows.data() + i * row_size + 2 * ow;
@@ -585,6 +626,7 @@ void forward_pairs(const ForwardData<scalar_t>& d, const Geometry& g, float eps)
             w.set(2 * i + 1, pair.second, veps, false);
           }
           const int64_t count = std::min(V, g.out_w - ow);
+          if constexpr (dense) a_w = output_alphas(d.alphas, row_at + ow, count).second;
           const Vec lm = window_log_max(w.taps, w.logs.data(), log_eps);
           store_lanes(window_output(w.taps, w.logs.data(), w.values.data(), lm, a_w), out_row + ow, count);
           lm.store(lmax_row + ow, count);
@@ -594,7 +636,7 @@ void forward_pairs(const ForwardData<scalar_t>& d, const Geometry& g, float eps)
   });
 }
 
-template <typename scalar_t>
+template <bool dense, typename scalar_t>
 void backward_pairs(const BackwardData<scalar_t>& d, const Geometry& g, float eps) {
   const int64_t planes = d.batch * d.channels;
   const int64_t in_plane = g.height * g.width;
@@ -606,7 +648,8 @@ void backward_pairs(const BackwardData<scalar_t>& d, const Geometry& g, float ep
     std::vector<float> rows(g.kh * row_size), grad_rows(g.kh * row_size, 0.0f);
     const Vec veps(eps);
     for (int64_t p = begin; p < end; ++p) {
-      const auto [a, a_w] = plane_alpha(d.alphas, d.per_channel, p, d.channels);
+      Vec a, a_w;
+      std::tie(a, a_w) = plane_alpha<dense>(d.alphas, d.per_channel, p, d.channels);
       scalar_t* gin = d.gin + p * in_plane;
       Vec grad_alpha(0.0f);
       for (int64_t r = 0; r < g.height; ++r) {
@@ -617,8 +660,9 @@ void backward_pairs(const BackwardData<scalar_t>& d, const Geometry& g, float ep
           const scalar_t* src = d.in + p * in_plane + (oh * g.sh + i * g.dh) * g.width;
           load_row(src, rows.data() + i * row_size, g.width, row_size, 0.0f);
         }
-        const scalar_t* gout_row = d.gout + p * out_plane + oh * g.out_w;
-        const float* lmax_row = d.lmax + p * out_plane + oh * g.out_w;
+        const int64_t row_at = p * out_plane + oh * g.out_w;
+        const scalar_t* gout_row = d.gout + row_at;
+        const float* lmax_row = d.lmax + row_at;
         for (int64_t ow = 0; ow < g.out_w; ow += V) {
           for (int64_t i = 0; i < g.kh; ++i) {
             const float* src = rows.data() + i * row_size + 2 * ow;
@@ -628,18 +672,20 @@ void backward_pairs(const BackwardData<scalar_t>& d, const Geometry& g, float ep
           }
           std::fill(w.grad.begin(), w.grad.end(), 0.0f);
           const int64_t count = std::min(V, g.out_w - ow);
+          if constexpr (dense) std::tie(a, a_w) = output_alphas(d.alphas, row_at + ow, count);
           const Vec grad_y = load_lanes(gout_row + ow, count);
+          Vec terms;
           if (count == V) {
-            grad_alpha = grad_alpha + window_backward<false>(w.taps, w.logs.data(), w.values.data(), w.recips.data(),
-                                                             w.grad.data(), w.weights.data(), Vec::loadu(lmax_row + ow),
-                                                             grad_y, a, a_w, Vec());
+            terms = window_backward<false>(w.taps, w.logs.data(), w.values.data(), w.recips.data(), w.grad.data(),
+                                           w.weights.data(), Vec::loadu(lmax_row + ow), grad_y, a, a_w, Vec());
           } else {
             // Lanes past the output width read columns no window covers (or zeros): masked.
             const Vec live = Vec::set(Vec(0.0f), Vec(1.0f), count) == Vec(1.0f);
             const Vec lm = Vec::blendv(Vec(kNoWindow), Vec::loadu(lmax_row + ow, count), live);
-            grad_alpha = grad_alpha + window_backward<true>(w.taps, w.logs.data(), w.values.data(), w.recips.data(),
-                                                            w.grad.data(), w.weights.data(), lm, grad_y, a, a_w, live);
+            terms = window_backward<true>(w.taps, w.logs.data(), w.values.data(), w.recips.data(), w.grad.data(),
+                                          w.weights.data(), lm, grad_y, a, a_w, live);
           }
+          collect_grad_alpha<dense>(terms, grad_alpha, d.galpha, row_at + ow, count);
           for (int64_t i = 0; i < g.kh; ++i) {
             const auto pair = at::vec::interleave2(Vec::loadu(w.grad.data() + 2 * i * V),
                                                    Vec::loadu(w.grad.data() + (2 * i + 1) * V));
@@ -655,7 +701,7 @@ void backward_pairs(const BackwardData<scalar_t>& d, const Geometry& g, float ep
           store_row(grad_row, gin + (oh * g.sh + i * g.dh) * g.width, g.width);
         }
       }
-      d.galpha[p] = lane_sum(grad_alpha);
+      if constexpr (!dense) d.galpha[p] = lane_sum(grad_alpha);
     }
   });
 }
@@ -764,11 +810,13 @@ inline std::pair<int64_t, int64_t> group_channels(int64_t group, int64_t groups,
   return {group * blocks / groups * V, std::min(channels, (group + 1) * blocks / groups * V)};
 }
 
-// The alphas of channels [c0, c1) per block of V, as given and as used in the weights.
+// The flat alphas of channels [c0, c1) per block of V, as given and as used in the weights
+// (none for a dense alpha, which the kernels load per pixel and block).
+template <bool dense>
 inline std::pair<std::vector<Vec>, std::vector<Vec>> channel_alphas(const float* alphas, bool per_channel,
                                                                      int64_t c0, int64_t c1) {
   std::vector<Vec> a, a_w;
-  for (int64_t c = c0; c < c1; c += V) {
+  for (int64_t c = c0; c < c1 && !dense; c += V) {
     const auto [given, used] = with_weight_alpha(per_channel ? Vec::loadu(alphas + c, std::min(V, c1 - c))
                                                              : Vec(alphas[0]));
     a.push_back(given);
@@ -777,7 +825,7 @@ inline std::pair<std::vector<Vec>, std::vector<Vec>> channel_alphas(const float*
   return {a, a_w};
 }
 
-template <typename scalar_t>
+template <bool dense, typename scalar_t>
 void forward_channels_last(const ForwardData<scalar_t>& d, const Geometry& g, float eps) {
   const int64_t groups = channel_groups(d.batch, d.channels);
 
@@ -789,16 +837,17 @@ void forward_channels_last(const ForwardData<scalar_t>& d, const Geometry& g, fl
       const auto [c0, c1] = group_channels(task % groups, groups, d.channels);
       RowRing ring(g, c0, c1, /*backward=*/false);
       const scalar_t* image = d.in + n * g.height * g.width * d.channels;
-      const auto a_w = channel_alphas(d.alphas, d.per_channel, c0, c1).second;
+      const auto a_w = channel_alphas<dense>(d.alphas, d.per_channel, c0, c1).second;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         prepare_rows<scalar_t>(image, g, d.channels, eps, oh, ring, nullptr, unused);
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
           for (int64_t b = 0; b < ring.blocks; ++b) {
             const int64_t origin = ring.origin(g, ow, b);
+            const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * d.channels + c0 + b * V;
+            const Vec alpha_w = dense ? output_alphas(d.alphas, at, ring.count(b)).second : a_w[b];
             const float* logs = ring.s.logs.data() + origin;
             const Vec lm = window_log_max(ring.taps, logs, log_eps);
-            const Vec y = window_output(ring.taps, logs, ring.s.values.data() + origin, lm, a_w[b]);
-            const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * d.channels + c0 + b * V;
+            const Vec y = window_output(ring.taps, logs, ring.s.values.data() + origin, lm, alpha_w);
             store_lanes(y, d.out + at, ring.count(b));
             lm.store(d.lmax + at, ring.count(b));
           }
@@ -808,7 +857,7 @@ void forward_channels_last(const ForwardData<scalar_t>& d, const Geometry& g, fl
   });
 }
 
-template <typename scalar_t>
+template <bool dense, typename scalar_t>
 void backward_channels_last(const BackwardData<scalar_t>& d, const Geometry& g, float eps) {
   const int64_t groups = channel_groups(d.batch, d.channels);
 
@@ -821,7 +870,7 @@ void backward_channels_last(const BackwardData<scalar_t>& d, const Geometry& g, 
       const scalar_t* image = d.in + n * g.height * g.width * d.channels;
       scalar_t* grad_image = d.gin + n * g.height * g.width * d.channels;
       std::vector<bool> written(g.height, false);
-      const auto [a, a_w] = channel_alphas(d.alphas, d.per_channel, c0, c1);
+      const auto [a, a_w] = channel_alphas<dense>(d.alphas, d.per_channel, c0, c1);
       std::vector<Vec> grad_alpha(ring.blocks, Vec(0.0f));
       // Lanes past the channels hold x = 0, lm = 0 and dL/dy = 0: they add exactly 0.
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
@@ -830,10 +879,12 @@ void backward_channels_last(const BackwardData<scalar_t>& d, const Geometry& g, 
           for (int64_t b = 0; b < ring.blocks; ++b) {
             const int64_t origin = ring.origin(g, ow, b);
             const int64_t at = ((n * g.out_h + oh) * g.out_w + ow) * d.channels + c0 + b * V;
-            grad_alpha[b] = grad_alpha[b] + window_backward<false>(
+            const auto [alpha, alpha_w] = dense ? output_alphas(d.alphas, at, ring.count(b)) : std::make_pair(a[b], a_w[b]);
+            const Vec terms = window_backward<false>(
                 ring.taps, ring.s.logs.data() + origin, ring.s.values.data() + origin,
                 ring.s.recips.data() + origin, ring.grad.data() + origin, weights.data(),
-                Vec::loadu(d.lmax + at, ring.count(b)), load_lanes(d.gout + at, ring.count(b)), a[b], a_w[b], Vec());
+                Vec::loadu(d.lmax + at, ring.count(b)), load_lanes(d.gout + at, ring.count(b)), alpha, alpha_w, Vec());
+            collect_grad_alpha<dense>(terms, grad_alpha[b], d.galpha, at, ring.count(b));
           }
         }
       }
@@ -848,7 +899,7 @@ void backward_channels_last(const BackwardData<scalar_t>& d, const Geometry& g, 
           std::fill(dst + c0, dst + c1, static_cast<scalar_t>(0.0f));
         }
       }
-      for (int64_t b = 0; b < ring.blocks; ++b) {
+      for (int64_t b = 0; b < ring.blocks && !dense; ++b) {
         float lanes[V];
         grad_alpha[b].store(lanes);
         std::copy(lanes, lanes + ring.count(b), d.galpha + n * d.channels + c0 + b * V);
@@ -867,7 +918,7 @@ inline std::vector<int64_t> pixel_offsets(const Geometry& g, int64_t channels) {
   return offsets;
 }
 
-template <typename scalar_t>
+template <bool dense, typename scalar_t>
 void forward_channels_last_direct(const ForwardData<scalar_t>& d, const Geometry& g, float eps) {
   const int64_t groups = channel_groups(d.batch, d.channels);
   const int64_t channels = d.channels;
@@ -879,7 +930,7 @@ void forward_channels_last_direct(const ForwardData<scalar_t>& d, const Geometry
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups;
       const auto [c0, c1] = group_channels(task % groups, groups, channels);
-      const auto a_w = channel_alphas(d.alphas, d.per_channel, c0, c1).second;
+      const auto a_w = channel_alphas<dense>(d.alphas, d.per_channel, c0, c1).second;
       for (int64_t oh = 0; oh < g.out_h; ++oh) {
         for (int64_t ow = 0; ow < g.out_w; ++ow) {
           const scalar_t* window = d.in + ((n * g.height + oh * g.sh) * g.width + ow * g.sw) * channels;
@@ -887,8 +938,9 @@ void forward_channels_last_direct(const ForwardData<scalar_t>& d, const Geometry
           for (int64_t c = c0; c < c1; c += V) {
             const int64_t count = std::min(V, c1 - c);
             for (size_t k = 0; k < offsets.size(); ++k) w.set(k, load_lanes(window + offsets[k] + c, count), veps, false);
+            const Vec alpha_w = dense ? output_alphas(d.alphas, at + c, count).second : a_w[(c - c0) / V];
             const Vec lm = window_log_max(w.taps, w.logs.data(), log_eps);
-            const Vec y = window_output(w.taps, w.logs.data(), w.values.data(), lm, a_w[(c - c0) / V]);
+            const Vec y = window_output(w.taps, w.logs.data(), w.values.data(), lm, alpha_w);
             store_lanes(y, d.out + at + c, count);
             lm.store(d.lmax + at + c, count);
           }
@@ -898,7 +950,7 @@ void forward_channels_last_direct(const ForwardData<scalar_t>& d, const Geometry
   });
 }
 
-template <typename scalar_t>
+template <bool dense, typename scalar_t>
 void backward_channels_last_direct(const BackwardData<scalar_t>& d, const Geometry& g, float eps) {
   const int64_t groups = channel_groups(d.batch, d.channels);
   const int64_t channels = d.channels;
@@ -910,8 +962,8 @@ void backward_channels_last_direct(const BackwardData<scalar_t>& d, const Geomet
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / groups;
       const auto [c0, c1] = group_channels(task % groups, groups, channels);
-      const auto [a, a_w] = channel_alphas(d.alphas, d.per_channel, c0, c1);
-      std::vector<Vec> grad_alpha(a.size(), Vec(0.0f));
+      const auto [a, a_w] = channel_alphas<dense>(d.alphas, d.per_channel, c0, c1);
+      std::vector<Vec> grad_alpha((c1 - c0 + V - 1) / V, Vec(0.0f));
       scalar_t* grad_image = d.gin + n * g.height * g.width * channels;
       // Inputs no window reads get 0.
       for (int64_t r = 0; r < g.height; ++r) {
@@ -933,16 +985,18 @@ void backward_channels_last_direct(const BackwardData<scalar_t>& d, const Geomet
               w.set(k, load_lanes(d.in + origin + offsets[k] + c, count), veps, true);
             }
             std::fill(w.grad.begin(), w.grad.end(), 0.0f);
-            grad_alpha[b] = grad_alpha[b] + window_backward<false>(
+            const auto [alpha, alpha_w] = dense ? output_alphas(d.alphas, at + c, count) : std::make_pair(a[b], a_w[b]);
+            const Vec terms = window_backward<false>(
                 w.taps, w.logs.data(), w.values.data(), w.recips.data(), w.grad.data(), w.weights.data(),
-                Vec::loadu(d.lmax + at + c, count), load_lanes(d.gout + at + c, count), a[b], a_w[b], Vec());
+                Vec::loadu(d.lmax + at + c, count), load_lanes(d.gout + at + c, count), alpha, alpha_w, Vec());
+            collect_grad_alpha<dense>(terms, grad_alpha[b], d.galpha, at + c, count);
             for (size_t k = 0; k < offsets.size(); ++k) {
               store_lanes(Vec::loadu(w.grad.data() + k * V), d.gin + origin + offsets[k] + c, count);
             }
           }
         }
       }
-      for (int64_t c = c0; c < c1; c += V) {
+      for (int64_t c = c0; c < c1 && !dense; c += V) {
         float lanes[V];
         grad_alpha[(c - c0) / V].store(lanes);
         std::copy(lanes, lanes + std::min(V, c1 - c), d.galpha + n * channels + c);
@@ -959,48 +1013,82 @@ bool is_channels_last(const at::Tensor& t) {
   return !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-void check_args(const at::Tensor& input, const at::Tensor& alpha) {
-  TORCH_CHECK(input.device().is_cpu() && input.dim() == 4 && (input.is_contiguous() || is_channels_last(input)),
-              "p_pool2d_cpu: expected a 4-d CPU input, contiguous or channels-last");
-  TORCH_CHECK(alpha.scalar_type() == at::kFloat && alpha.is_contiguous() &&
-                  (alpha.numel() == 1 || alpha.numel() == input.size(1)),
-              "p_pool2d_cpu: expected a contiguous float32 alpha with 1 or C values");
+at::MemoryFormat layout_of(const at::Tensor& input) {
+  return is_channels_last(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-// Raised as a Python ValueError. Checked once, in forward (alpha is a few floats on the CPU).
+void check_input(const at::Tensor& input) {
+  TORCH_CHECK(input.device().is_cpu() && input.dim() == 4 && (input.is_contiguous() || is_channels_last(input)),
+              "p_pool2d_cpu: expected a 4-d CPU input, contiguous or channels-last");
+}
+
+// A dense alpha (one value per output) is 4-d; a flat one holds 1 or C values.
+bool is_dense(const at::Tensor& alpha) { return alpha.dim() == 4; }
+
+void check_alpha(const at::Tensor& alpha, const at::Tensor& input, const Geometry& g) {
+  TORCH_CHECK(alpha.scalar_type() == at::kFloat, "p_pool2d_cpu: expected a float32 alpha");
+  if (is_dense(alpha)) {
+    const std::vector<int64_t> out_shape{input.size(0), input.size(1), g.out_h, g.out_w};
+    TORCH_CHECK(alpha.sizes().vec() == out_shape && alpha.is_contiguous(layout_of(input)),
+                "p_pool2d_cpu: expected a dense alpha of the output's shape, in the output's memory layout");
+  } else {
+    TORCH_CHECK(alpha.is_contiguous() && (alpha.numel() == 1 || alpha.numel() == input.size(1)),
+                "p_pool2d_cpu: expected a contiguous alpha with 1 or C values, or a dense one");
+  }
+}
+
+// Raised as a Python ValueError. Checked once, in forward: one pass over alpha's values (a few
+// floats, or one per output for a dense alpha). NaN passes (it makes the outputs it pools NaN).
 void check_alpha_sign(const at::Tensor& alpha) {
   const float* a = alpha.data_ptr<float>();
-  const float lowest = *std::min_element(a, a + alpha.numel());
+  float lowest = 0.0f;
+  for (int64_t k = 0; k < alpha.numel(); ++k) lowest = std::min(lowest, a[k]);
   TORCH_CHECK_VALUE(!(lowest < 0.0f), "Expected `alpha` >= 0 (0 is average pooling, large alpha approaches max ",
                     "pooling), but it holds ", lowest, ". PPool2d keeps its alpha in [0, alpha_max]; clamp a ",
                     "tensor alpha with alpha.clamp_min(0).");
+}
+
+// Calls run(std::true_type{}) for a dense alpha and run(std::false_type{}) for a flat one:
+// the kernels' `dense` parameter, chosen once per call.
+template <typename Run>
+void with_alpha_form(const at::Tensor& alpha, Run&& run) {
+  if (is_dense(alpha)) {
+    run(std::true_type{});
+  } else {
+    run(std::false_type{});
+  }
 }
 
 }  // namespace
 
 std::vector<at::Tensor> p_pool2d_forward(const at::Tensor& input, const at::Tensor& alpha,
                                          std::vector<int64_t> geometry, double eps) {
-  check_args(input, alpha);
-  check_alpha_sign(alpha);
+  check_input(input);
   const Geometry g(geometry, input.size(2), input.size(3));
+  check_alpha(alpha, input, g);
+  check_alpha_sign(alpha);
   const bool channels_last = is_channels_last(input);
-  const auto layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto layout = layout_of(input);
   auto output = at::empty({input.size(0), input.size(1), g.out_h, g.out_w}, input.options().memory_format(layout));
   auto log_max = at::empty({input.size(0), input.size(1), g.out_h, g.out_w},
                            input.options().dtype(at::kFloat).memory_format(layout));
+  const float e = static_cast<float>(eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_forward", [&] {
     const ForwardData<scalar_t> data(input, alpha, output, log_max);
-    if (channels_last) {
-      if (non_overlapping(g)) {
-        forward_channels_last_direct(data, g, static_cast<float>(eps));
+    with_alpha_form(alpha, [&](auto form) {
+      constexpr bool dense = decltype(form)::value;
+      if (channels_last) {
+        if (non_overlapping(g)) {
+          forward_channels_last_direct<dense>(data, g, e);
+        } else {
+          forward_channels_last<dense>(data, g, e);
+        }
+      } else if (nchw_pairs(g)) {
+        forward_pairs<dense>(data, g, e);
       } else {
-        forward_channels_last(data, g, static_cast<float>(eps));
+        forward_kernel<dense>(data, g, e);
       }
-    } else if (nchw_pairs(g)) {
-      forward_pairs(data, g, static_cast<float>(eps));
-    } else {
-      forward_kernel(data, g, static_cast<float>(eps));
-    }
+    });
   });
   return {output, log_max};
 }
@@ -1008,30 +1096,38 @@ std::vector<at::Tensor> p_pool2d_forward(const at::Tensor& input, const at::Tens
 std::vector<at::Tensor> p_pool2d_backward(const at::Tensor& input, const at::Tensor& alpha,
                                           const at::Tensor& log_max, const at::Tensor& grad_output,
                                           std::vector<int64_t> geometry, double eps) {
-  check_args(input, alpha);
+  check_input(input);
+  const Geometry g(geometry, input.size(2), input.size(3));
+  check_alpha(alpha, input, g);
   const bool channels_last = is_channels_last(input);
-  const auto layout = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const auto layout = layout_of(input);
   TORCH_CHECK(grad_output.is_contiguous(layout) && grad_output.scalar_type() == input.scalar_type(),
               "p_pool2d_cpu: expected grad_output in the input's dtype and layout");
-  const Geometry g(geometry, input.size(2), input.size(3));
   auto grad_input = at::empty_like(input, layout);
-  auto grad_alpha_planes = at::empty({input.size(0), input.size(1)}, input.options().dtype(at::kFloat));
+  const auto float_options = input.options().dtype(at::kFloat);
+  auto grad_alpha = is_dense(alpha)
+                        ? at::empty({input.size(0), input.size(1), g.out_h, g.out_w}, float_options.memory_format(layout))
+                        : at::empty({input.size(0), input.size(1)}, float_options);
   const at::Tensor lmax = log_max.contiguous(layout);
+  const float e = static_cast<float>(eps);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "p_pool2d_cpu_backward", [&] {
-    const BackwardData<scalar_t> data(input, alpha, lmax, grad_output, grad_input, grad_alpha_planes);
-    if (channels_last) {
-      if (non_overlapping(g)) {
-        backward_channels_last_direct(data, g, static_cast<float>(eps));
+    const BackwardData<scalar_t> data(input, alpha, lmax, grad_output, grad_input, grad_alpha);
+    with_alpha_form(alpha, [&](auto form) {
+      constexpr bool dense = decltype(form)::value;
+      if (channels_last) {
+        if (non_overlapping(g)) {
+          backward_channels_last_direct<dense>(data, g, e);
+        } else {
+          backward_channels_last<dense>(data, g, e);
+        }
+      } else if (nchw_pairs(g)) {
+        backward_pairs<dense>(data, g, e);
       } else {
-        backward_channels_last(data, g, static_cast<float>(eps));
+        backward_kernel<dense>(data, g, e);
       }
-    } else if (nchw_pairs(g)) {
-      backward_pairs(data, g, static_cast<float>(eps));
-    } else {
-      backward_kernel(data, g, static_cast<float>(eps));
-    }
+    });
   });
-  return {grad_input, grad_alpha_planes};
+  return {grad_input, grad_alpha};
 }
 
 // How many of torch's intra-op threads at::parallel_for spreads `tasks` one-item tasks over, as
@@ -1048,6 +1144,7 @@ int64_t worker_threads(int64_t tasks) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &p_pool2d_forward, "P-pooling forward: (output, log window max)");
-  m.def("backward", &p_pool2d_backward, "P-pooling backward: (grad input, dL/dalpha per (n, c) plane)");
+  m.def("backward", &p_pool2d_backward,
+        "P-pooling backward: (grad input, dL/dalpha per (n, c) plane, or per output for a dense alpha)");
   m.def("worker_threads", &worker_threads, "Threads that at::parallel_for uses for `tasks` tasks");
 }
