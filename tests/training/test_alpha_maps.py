@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lit_ppool import AdaptivePPool2d, PPool2d, PPoolSegmentationModule, SyntheticDetailDataModule
+from lit_ppool.compare.report import Comparison, write_report
 from lit_ppool.layers.same import SamePadPool2d
 from lit_ppool.training.alpha_maps import (
     ALPHA_PERCENTILES,
@@ -137,6 +138,9 @@ def test_the_module_summarises_the_predicted_alpha_of_a_test_and_the_record_keep
     record = evaluation_record(checkpoint, module, {"test/mIoU": torch.tensor(0.5)}, seed=0)
     assert record.pooling == "p_adaptive"
     assert record.alpha == {"encoder_maxpool": {**summary, "init": 30.0}}
+    report = write_report(Comparison([record]), tmp_path / "compare", "adaptive")["compare.md"].read_text()
+    row = f"| p_adaptive | encoder_maxpool | 30.000 | {summary['mean']:.3f} | {summary['mean']:.3f} – {summary['mean']:.3f} |"
+    assert row in report.splitlines()  # compare's alpha table has the layer (one seed: its mean is the range)
 
 
 def test_a_validate_run_is_summarised_too_and_models_without_adaptive_layers_collect_nothing(tmp_path):
