@@ -69,19 +69,30 @@ class SamePadPool2d(nn.Module):
         self.pool = pool
 
     def forward(self, input: Tensor) -> Tensor:
+        padding, (crop_h, crop_w) = self.same_padding_for(input)
+        out = pool_with_padding(self.pool, input, padding, True)
+        return out[..., crop_h:, crop_w:] if crop_h or crop_w else out
+
+    def same_padding_for(self, input: Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The ``padding`` (with ``ceil_mode=True``) and the leading ``crop`` of the output, per axis, for ``input``.
+
+        ``forward`` is the wrapped layer run with that padding and ``ceil_mode=True``, its output
+        cropped by ``crop`` rows and columns at the start (see :func:`same_padding`).
+
+        Raises:
+            ValueError: If the padding would exceed half the kernel (see the class).
+        """
         kernel, stride, _, dilation, _ = pool_geometry(
             self.pool.kernel_size, self.pool.stride, 0, getattr(self.pool, "dilation", 1)
         )
         axes = [same_padding(input.shape[-2 + d], kernel[d], stride[d], dilation[d]) for d in range(2)]
-        padding = tuple(pad for pad, _ in axes)
+        padding = (axes[0][0], axes[1][0])
         if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
             raise ValueError(
                 f"Expected the 'same' padding of a {kernel} window with dilation {dilation} to be at most "
                 f"half the kernel, but it needs {padding} for input size {tuple(input.shape[-2:])}."
             )
-        out = pool_with_padding(self.pool, input, padding, True)
-        (_, crop_h), (_, crop_w) = axes
-        return out[..., crop_h:, crop_w:] if crop_h or crop_w else out
+        return padding, (axes[0][1], axes[1][1])
 
     def extra_repr(self) -> str:
         return "padding='same'"

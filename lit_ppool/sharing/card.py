@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from lit_ppool.layers.adaptive import AdaptivePPool2d
 from lit_ppool.layers.ppool import PPoolBase
 from lit_ppool.layers.same import SamePadPool2d
 from lit_ppool.sharing.swaps import check_smp_model, fresh_model, library_version, recorded_swaps
@@ -20,8 +21,10 @@ __all__ = ["model_card"]
 
 
 def _alpha_text(module: nn.Module) -> str:
-    """The learned alpha of a P-pooling layer for the card (``-`` for other layers)."""
+    """The learned alpha of a P-pooling layer for the card, the range of an adaptive one's (``-`` for other layers)."""
     inner = module.pool if isinstance(module, SamePadPool2d) else module
+    if isinstance(inner, AdaptivePPool2d):
+        return f"predicted per window (range [{inner.alpha_min:g}, {inner.alpha_max:g}], initial bias {inner.alpha_init:g})"
     if not isinstance(inner, PPoolBase):
         return "-"
     alpha = inner.alpha.detach().float().cpu()

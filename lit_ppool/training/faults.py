@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 from torch import Tensor, nn
 
+from lit_ppool.layers.adaptive import AdaptivePPool2d
 from lit_ppool.layers.ppool import PPoolBase
 
 __all__ = ["NonFiniteLossError", "alpha_summary", "check_finite_loss"]
@@ -15,10 +16,21 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def alpha_summary(module: nn.Module) -> dict[str, str]:
-    """Effective alpha of every P-pooling layer of ``module``: qualified name -> value (per-channel: mean/min/max)."""
+    """Effective alpha of every P-pooling layer of ``module``: qualified name -> value (per-channel: mean/min/max).
+
+    An adaptive layer (:class:`~lit_ppool.AdaptivePPool2d`) has no alpha of its own: its entry gives
+    the range its predicted alpha is clamped to.
+
+    Example:
+        >>> from lit_ppool import PPool2d
+        >>> alpha_summary(nn.Sequential(PPool2d(2), AdaptivePPool2d(2, num_channels=3)))
+        {'0': '1', '1': 'predicted per window, range [1, 50]'}
+    """
     summary = {}
     for name, layer in module.named_modules():
-        if isinstance(layer, PPoolBase):
+        if isinstance(layer, AdaptivePPool2d):
+            summary[name] = f"predicted per window, range [{layer.alpha_min:g}, {layer.alpha_max:g}]"
+        elif isinstance(layer, PPoolBase):
             alpha = layer.alpha.detach().float()
             if alpha.numel() == 1:
                 summary[name] = f"{alpha.item():.6g}"

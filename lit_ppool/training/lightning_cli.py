@@ -151,7 +151,8 @@ class PPoolCLI(LightningCLI):
       unless ``--trainer.logger`` is given on their command line. ``validate`` and ``test``
       write their metrics to ``<run>/<stage>-<checkpoint name>.json`` in the checkpoint's run
       folder; ``predict`` writes palette PNG masks to ``<run>/predictions/<checkpoint name>/``
-      (add a :class:`~lit_ppool.PaletteMaskWriter` to ``trainer.callbacks`` to choose).
+      (add a :class:`~lit_ppool.PaletteMaskWriter` to ``trainer.callbacks`` to choose; with
+      ``alpha_maps: true`` it also writes the adaptive P-pooling layers' alpha maps).
     * The config is saved next to the logs and logged as the hyperparameters of every logger
       (the W&B run config holds the whole setup).
     * An invalid configuration (unknown arch, encoder, pooling or weights name, a missing

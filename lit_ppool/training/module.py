@@ -27,6 +27,7 @@ from lit_ppool.layers.ppool import PPoolBase
 from lit_ppool.layers.registry import NATIVE_POOL_TYPES, REFERENCE_POOLING, ResolvedPooling, resolve_pooling
 from lit_ppool.surgery import NothingSwappedWarning, SwapReport, swap_pooling
 from lit_ppool.surgery.swap import needs_channel_counts
+from lit_ppool.training.alpha_maps import AlphaMapCapture, AlphaMapStats
 from lit_ppool.training.data.checks import IGNORE_INDEX
 from lit_ppool.training.errors import ConfigError
 from lit_ppool.training.faults import check_finite_loss
@@ -196,6 +197,12 @@ class PPoolSegmentationModule(L.LightningModule):
       background and foreground;
     * ``{stage}/loss`` and ``train/loss``.
 
+    In ``validate`` and ``test`` (not in the validation of ``fit``), forward hooks on the adaptive
+    P-pooling layers (:class:`~lit_ppool.AdaptivePPool2d`) collect the mean, min and max of the
+    alpha they predict, over every window, channel and evaluated image (padding included),
+    gathered from every process at the end of the epoch: :attr:`alpha_map_summary`, which the
+    run record keeps.
+
     A class absent from both the targets and the predictions (0/0) gets IoU, F1, precision and
     recall 0 (torchmetrics' ``zero_division``, which accepts only 0 or 1), but Boundary IoU nan;
     likewise precision is 0 for a class never predicted and recall 0 for a class without target
@@ -275,6 +282,10 @@ class PPoolSegmentationModule(L.LightningModule):
         self.class_names = tuple(f"class_{i}" for i in range(num_classes))
         self.val_metrics = self._stage_metrics(metric_key("val", ""))  # "val/": every key of the stage
         self.test_metrics = self._stage_metrics(metric_key("test", ""))
+        self.alpha_map_summary: dict[str, dict[str, float]] = {}
+        """Adaptive layer log name -> ``{"mean", "min", "max"}`` of its predicted alpha over the last
+        ``validate`` or ``test`` epoch (see the class); empty before one and without adaptive layers."""
+        self._alpha_maps: tuple[AlphaMapCapture, AlphaMapStats] | None = None  # while a validate/test epoch collects
 
     def _create_smp_model(self) -> nn.Module:
         """The smp model of the hyperparameters, with its ``encoder_weights`` (:func:`create_model`)."""
@@ -485,17 +496,50 @@ class PPoolSegmentationModule(L.LightningModule):
         self.log_dict({key: value for key, value in values.items() if key not in scalars})
         metrics.reset()
 
+    def _start_alpha_maps(self) -> None:
+        """In ``validate`` and ``test``: hooks that add every adaptive layer's alpha map to running statistics."""
+        if self._alpha_maps is not None:  # left by an epoch that stopped on an error
+            self._alpha_maps[0].remove()
+            self._alpha_maps = None
+        if self.trainer.state.fn not in ("validate", "test"):
+            return
+        capture = AlphaMapCapture(self.model)
+        if not capture.layers:
+            capture.remove()
+            return
+        stats = AlphaMapStats(list(capture.layers), self.device)
+        capture.on_map = stats.update
+        self._alpha_maps = capture, stats
+
+    def _stop_alpha_maps(self) -> None:
+        """Remove the hooks; at the end of an epoch that collected, gather the statistics into :attr:`alpha_map_summary`."""
+        collecting, self._alpha_maps = self._alpha_maps, None
+        if collecting is None:
+            return
+        capture, stats = collecting
+        capture.remove()
+        stats.merge(self.all_gather(stats.totals))  # every process calls this at the same epoch end
+        self.alpha_map_summary = stats.summary()
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_alpha_maps()
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        self._stop_alpha_maps()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_alpha_maps()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+        self._stop_alpha_maps()
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Predicted label maps (uint8 when ``num_classes <= 256``), cropped to each image's size."""

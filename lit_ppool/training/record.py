@@ -13,6 +13,12 @@ model card. This module owns every fact about it:
        "metrics": {"test/mIoU": 0.77, "test/IoU/crack": 0.52, ...},
        "alpha": {"encoder_maxpool": {"mean": 1.9, "min": 1.9, "max": 1.9, "init": 1.0}, ...}}
 
+  ``alpha`` has a layer's learned alpha (per-channel: the mean, min and max over channels) and
+  ``init`` its ``alpha_init``; for an adaptive P-pooling layer (:class:`~lit_ppool.AdaptivePPool2d`)
+  the mean, min and max of the alpha it predicted over every window of the evaluated images
+  (:attr:`~lit_ppool.PPoolSegmentationModule.alpha_map_summary`) and ``init`` the initial bias
+  of its side branch, which every window starts near;
+
   ``seed`` is ``null`` for a run without ``seed_everything``. A record without ``version`` was
   written before the field existed; it has the same fields and reads as version
   :data:`LEGACY_VERSION`;
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lit_ppool.training.alpha_maps import adaptive_layers
 from lit_ppool.training.callbacks.alpha_monitor import alpha_layers
 from lit_ppool.training.runs import run_dir_of
 
@@ -146,7 +153,8 @@ class RunRecord:
         pooling: The pooling registry name the model was trained with.
         seed: The run's ``seed_everything``, or ``None`` for a run that was not seeded.
         metrics: Logged key (:func:`metric_key`) -> value.
-        alpha: Layer log name -> ``{"mean", "min", "max", "init"}`` of its learned alpha.
+        alpha: Layer log name -> ``{"mean", "min", "max", "init"}`` of its learned alpha (adaptive
+            layers: of the alpha predicted over the evaluated images).
         path: The file it was read from (``None`` before it is written).
         checkpoint: The checkpoint that was evaluated.
         version: The schema version it was read from (:data:`LEGACY_VERSION` for a record without one).
@@ -177,11 +185,16 @@ class RunRecord:
 
 
 def _alpha_summary(module: Any) -> dict[str, dict[str, float | None]]:
+    """Every P-pooling layer's learned alpha; an adaptive layer's predicted alpha over the evaluation, if collected."""
     summary = {}
     for name, layer in alpha_layers(module).items():
         alpha = layer.alpha.detach().float()
         summary[name] = {"mean": alpha.mean().item(), "min": alpha.min().item(), "max": alpha.max().item(),
                          "init": layer.alpha_init}  # fmt: skip
+    predicted = getattr(module, "alpha_map_summary", {})  # PPoolSegmentationModule's, from the evaluation's epoch
+    for name, layer in adaptive_layers(module).items():
+        if name in predicted:
+            summary[name] = {**predicted[name], "init": layer.alpha_init}
     return summary
 
 
@@ -190,7 +203,8 @@ def evaluation_record(checkpoint: str | Path, module: Any, metrics: Mapping[str,
 
     Args:
         checkpoint: The checkpoint that was evaluated.
-        module: The evaluated module: its ``pooling`` hyperparameter and its P-pooling layers' alpha.
+        module: The evaluated module: its ``pooling`` hyperparameter, its P-pooling layers' alpha and
+            its ``alpha_map_summary`` (the adaptive layers' predicted alpha over the evaluation).
         metrics: The Trainer's ``callback_metrics``; the scalar ones are kept.
         seed: The run's ``seed_everything``; anything but an int is recorded as ``None``.
     """

@@ -194,6 +194,10 @@ def test_the_files_say_which_loader_to_use(tmp_path):
     card = (tmp_path / "README.md").read_text().splitlines()
     assert card[0] == "---" and any("Load with `lit_ppool.from_pretrained" in line for line in card[:14])
     assert "| `encoder.maxpool` | p | PPool2d | kernel 3, stride 2, padding 1 | 1.0000 |" in card
+    adaptive = _unet()
+    swap_pooling(adaptive, "p_adaptive", example_input=X)
+    assert ("| `encoder.maxpool` | p_adaptive | AdaptivePPool2d | kernel 3, stride 2, padding 1 | predicted per window "
+            "(range [1, 50], initial bias 30) |") in model_card(adaptive).splitlines()  # fmt: skip
 
 
 

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from lit_ppool import PPool2d, PPoolSegmentationModule, SyntheticDetailDataModule
+from lit_ppool import AdaptivePPool2d, PPool2d, PPoolSegmentationModule, SyntheticDetailDataModule
 from lit_ppool.training.faults import NonFiniteLossError, alpha_summary, check_finite_loss
 
 TINY = {
@@ -89,3 +89,5 @@ def test_finite_loss_passes_and_summary_covers_per_channel_alpha():
     assert alpha_summary(model) == {"1": "2.5", "2": "mean 35, min 1, max 100"}
     with pytest.raises(NonFiniteLossError, match=r"loss -inf;.*\n.*\n  1: 2.5\n  2: mean 35, min 1, max 100"):
         check_finite_loss(torch.tensor(float("-inf")), model)
+    adaptive = nn.Sequential(nn.Conv2d(3, 3, 1), AdaptivePPool2d(2, num_channels=3, alpha_min=2.0))
+    assert alpha_summary(adaptive) == {"1": "predicted per window, range [2, 50]"}  # no alpha of its own

@@ -1,4 +1,5 @@
-"""AlphaMonitor: keys and values in CSV, offline W&B and TensorBoard; intervals; plot; errors; the CLI; DDP."""
+"""AlphaMonitor: keys and values in CSV, offline W&B and TensorBoard; intervals; plot; adaptive layers' maps;
+errors; the CLI; DDP."""
 
 import csv
 import math
@@ -16,7 +17,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_ppool import AlphaMonitor, GlobalPPool2d, PPool2d
+from lit_ppool import AdaptivePPool2d, AlphaMonitor, GlobalPPool2d, PPool2d
 from lit_ppool.training.callbacks.alpha_monitor import alpha_layers
 from lit_ppool.training.loggers import (
     LOGGER_ADAPTERS,
@@ -245,7 +246,11 @@ def test_model_without_ppool_is_an_error_unless_not_strict(tmp_path):
     assert not (Path(logger.log_dir) / "alpha.png").exists()
 
 
-@pytest.mark.parametrize(("pooling", "fix"), [("P", "pooling='P' but no pooling layer"), ("max", "swap the model's pooling to 'p'")])
+@pytest.mark.parametrize(
+    ("pooling", "fix"),
+    [("P", "pooling='P' but no pooling layer"), ("p_adaptive", "pooling='p_adaptive' but no pooling layer"),
+     ("max", "swap the model's pooling to 'p'")],
+)  # fmt: skip
 def test_the_fix_depends_on_whether_the_pooling_has_alpha(tmp_path, pooling, fix):
     module = TinyModule(with_ppool=False)
     module.save_hyperparameters({"pooling": pooling})
@@ -269,6 +274,9 @@ def test_no_logger_is_an_error(tmp_path):
         ({"logging_interval": "epoch", "every_n_steps": 2}, "every_n_steps"),
         ({"plot_filename": "plots/alpha.png"}, "plot_filename"),
         ({"plot_filename": "alpha.jpg"}, "plot_filename"),
+        ({"num_images": 0}, "num_images"),
+        ({"map_dirname": "maps/alpha"}, "map_dirname"),
+        ({"map_dirname": ".."}, "map_dirname"),
     ],
 )
 def test_invalid_arguments(kwargs, match):
@@ -366,3 +374,130 @@ def test_logger_adapters_are_one_table_with_a_no_op_default(tmp_path):
     assert not log_line_series(unknown, "l", [0, 1], [[0.0, 1.0]], ["a"], "t", step=0)
     assert run_dir(unknown) is None and run_dir(MyCSVLogger(tmp_path, name="x")) == tmp_path / "x" / "version_0"
     assert log_histogram(TensorBoardLogger(tmp_path), "h", torch.ones(3), step=0)
+
+
+# --- adaptive P-pooling: the predicted alpha of a fixed validation batch ---------------------------------------
+
+
+class AdaptiveModule(L.LightningModule):
+    """An adaptive P-pooling layer (``features_2``), optionally followed by a P-pooling one (``features_3``), on
+    8x8 images, with a validation loader whose first batch is the fixed batch."""
+
+    def __init__(self, with_ppool: bool = False):
+        super().__init__()
+        layers = [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), AdaptivePPool2d(2, num_channels=4)]
+        self.features = nn.Sequential(*layers, *([PPool2d(2, alpha_init=1.0)] if with_ppool else []))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+        with torch.no_grad():  # alpha spread over the windows, not 30 everywhere
+            self.features[2].alpha_conv.weight.normal_(0.0, 20.0)
+
+    def forward(self, images):
+        return self.head(self.features(images))
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        return F.cross_entropy(self(images), labels)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.05)
+
+    @staticmethod
+    def data(seed, size):
+        generator = torch.Generator().manual_seed(seed)
+        return TensorDataset(torch.rand(size, 3, 8, 8, generator=generator), torch.randint(0, 2, (size,), generator=generator))
+
+    def train_dataloader(self):
+        return DataLoader(self.data(0, 16), batch_size=4)
+
+    def val_dataloader(self):
+        return DataLoader(self.data(1, 8), batch_size=4)
+
+
+def fit_adaptive(tmp_path, monitor, logger, with_ppool=False, **trainer_kwargs):
+    module = AdaptiveModule(with_ppool)
+    defaults = dict(
+        accelerator="cpu", devices=1, max_epochs=2, limit_train_batches=2, logger=logger, callbacks=[monitor],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    L.Trainer(**{**defaults, **trainer_kwargs}).fit(module)
+    return module
+
+
+def predicted_alpha(module, images):
+    """The alpha the adaptive layer predicts for ``images``, computed here without AlphaMonitor."""
+    module.eval()
+    with torch.no_grad():
+        return module.features[2].alpha_map(module.features[1](module.features[0](images)))
+
+
+MAP_KEYS = ["mean", "p5", "p25", "p50", "p75", "p95"]
+
+
+def test_adaptive_layer_logs_predicted_alpha_statistics_and_draws_its_map(tmp_path):
+    monitor = AlphaMonitor(num_images=3)  # strict: an adaptive layer is a P-pooling layer
+    logger = CSVLogger(tmp_path)
+    module = fit_adaptive(tmp_path, monitor, logger)
+
+    rows = alpha_rows(csv_rows(logger), "alpha/features_2/mean")
+    assert [int(row["step"]) for row in rows] == [2, 4]  # every validation epoch end of fit, not the sanity check
+    for row in rows:
+        values = [row[f"alpha/features_2/{key}"] for key in MAP_KEYS[1:]]
+        assert values == sorted(values) and 1.0 <= values[0] < values[-1] <= 50.0
+        assert values[0] <= row["alpha/features_2/mean"] <= values[-1]
+    assert not any("alpha/features_2" in row for row in csv_rows(logger) if "alpha/features_2/mean" not in row)
+    fixed = AdaptiveModule.data(1, 8).tensors[0][:3]  # the first 3 images of the first validation batch
+    expected = predicted_alpha(module, fixed)
+    assert rows[-1]["alpha/features_2/mean"] == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert rows[-1]["alpha/features_2/p50"] == pytest.approx(expected.median().item(), rel=0.05)
+    assert rows[0]["alpha/features_2/mean"] != rows[-1]["alpha/features_2/mean"]  # it trained, and the log shows it
+
+    assert monitor.map_steps == [2, 4] and monitor.history == {} and monitor.steps == []
+    assert monitor.map_history["features_2"] == [row["alpha/features_2/mean"] for row in rows]
+    path = Path(logger.log_dir) / "alpha_maps" / "features_2.png"
+    assert monitor.map_paths == {"features_2": path}
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (820, 500)  # (2.4 x 3 images + 1) x 5 inches at 100 dpi
+    assert (Path(logger.log_dir) / "alpha.png").is_file()  # the plot, with the adaptive layer's curve alone
+    (axes, *_) = monitor.plot().axes
+    assert [line.get_label() for line in axes.lines] == ["features_2 (predicted, mean)"]
+    assert list(axes.lines[0].get_xdata()) == [2, 4]
+
+
+def test_wandb_gets_the_predicted_alpha_its_histogram_and_map_next_to_learned_alpha(tmp_path):
+    logger = WandbLogger(save_dir=str(tmp_path))
+    monitor = AlphaMonitor(every_n_steps=2, num_images=2)
+    fit_adaptive(tmp_path, monitor, logger, with_ppool=True)
+    run_dir = Path(logger.experiment.dir)
+    rows = wandb_history(finished_run_file(tmp_path))
+    learned = [row["trainer/global_step"] for row in rows if "alpha/features_3" in row]
+    assert learned == [0, 2, 4]  # the P-pooling layer as before
+    maps = [row for row in rows if "alpha/features_2/mean" in row]
+    assert [row["trainer/global_step"] for row in maps] == [2, 4]
+    assert all(f"alpha/features_2/{key}" in row for row in maps for key in MAP_KEYS)
+    assert [row["trainer/global_step"] for row in rows if row.get("alpha/features_2/map/_type") == "images/separated"] == [2, 4]
+    assert [row["trainer/global_step"] for row in rows if row.get("alpha/features_2/hist/_type") == "histogram"] == [2, 4]
+    assert len(list(run_dir.glob("media/images/alpha/features_2/map_*.png"))) == 2
+    assert (run_dir / "alpha_maps" / "features_2.png").is_file()  # the first logger's folder: the W&B run's files
+    assert any("alpha/all_layers_table/_type" in row for row in rows)
+    (axes, *_) = monitor.plot().axes
+    assert [line.get_label() for line in axes.lines] == ["features_3", "features_2 (predicted, mean)"]
+
+
+def test_adaptive_history_is_checkpointed_and_a_fit_without_validation_says_why_there_is_no_map(tmp_path):
+    monitor = AlphaMonitor(map_dirname=None)
+    fit_adaptive(tmp_path, monitor, CSVLogger(tmp_path), max_epochs=1)
+    assert monitor.map_paths == {} and not (Path(CSVLogger(tmp_path).log_dir) / "alpha_maps").exists()
+    restored = AlphaMonitor()
+    restored.load_state_dict(monitor.state_dict())
+    assert (restored.map_steps, restored.map_history) == ([2], monitor.map_history)
+    old = AlphaMonitor()
+    old.load_state_dict({"steps": [0], "history": {"a": [1.0]}, "ranges": {}})  # a checkpoint from before
+    assert (old.steps, old.map_steps, old.map_history) == ([0], [], {})
+
+    silent = AlphaMonitor()
+    with pytest.warns(UserWarning, match="no validation epoch ran"):
+        fit_adaptive(tmp_path, silent, CSVLogger(tmp_path, name="no_val"), max_epochs=1, limit_val_batches=0)
+    assert silent.map_steps == []
