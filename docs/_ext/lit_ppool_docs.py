@@ -130,14 +130,25 @@ def _defining_path(obj) -> str | None:
     return f"{module}.{qualname}" if module and qualname else None
 
 
+def _member_paths(path: str) -> list[str]:
+    """``owner.member`` as documented on each class of the owner's MRO (a property documented on a base class)."""
+    owner_path, _, member = path.rpartition(".")
+    owner = _lookup(owner_path) if owner_path else None
+    if not inspect.isclass(owner):
+        return []
+    return [_public(f"{klass.__module__}.{klass.__qualname__}.{member}") for klass in inspect.getmro(owner)]
+
+
 def resolve_reference(app, env, node, contnode):
     """Resolve a ``py`` reference that Sphinx could not (see the module docstring).
 
     In order: the target as a path relative to each scope of the docstring, written with the
-    public path of a public name; the Python object the target names there, by its defining
-    and public path; the one documented object whose path ends with the target. An object that
-    exists but lies outside lit_ppool (torch, Lightning, the standard library) is shown as
-    plain text, as there is no inventory to link it to offline. Anything else stays a warning.
+    public path of a public name, or as a member of a base class; the Python object the target
+    names there, by its defining and public path; the one documented object whose path ends
+    with the target. The role's object type is tried first, then any type (an annotation names
+    a ``Literal`` alias as a class). An object that exists but lies outside lit_ppool (torch,
+    Lightning, the standard library) is shown as plain text, as there is no inventory to link
+    it to offline. Anything else stays a warning.
     """
     if node.get("refdomain") != "py":
         return None
@@ -145,23 +156,26 @@ def resolve_reference(app, env, node, contnode):
     target = node["reftarget"].lstrip(".~")
 
     def resolved(path):
-        return domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], path, node, contnode)
+        for reftype in (node["reftype"], "obj"):
+            found = domain.resolve_xref(env, node["refdoc"], app.builder, reftype, path, node, contnode)
+            if found is not None:
+                return found
+        return None
 
-    scopes = _scopes(node.get("py:module"), node.get("py:class"))
-    for path in [target, *(f"{scope}.{target}" for scope in scopes)]:
-        if _public(path) in domain.objects and _public(path) != node["reftarget"]:
-            return resolved(_public(path))
-    for path in [target, *(f"{scope}.{target}" for scope in scopes)]:
+    paths = [target, *(f"{scope}.{target}" for scope in _scopes(node.get("py:module"), node.get("py:class")))]
+    for path in paths:
+        for candidate in [_public(path), *_member_paths(path)]:
+            if candidate in domain.objects and candidate != node["reftarget"] and (found := resolved(candidate)):
+                return found
+    for path in paths:
         obj = _lookup(path)
         defining = _defining_path(obj) if obj is not None else None
-        if defining and _public(defining) in domain.objects:
-            return resolved(_public(defining))
+        if defining and _public(defining) in domain.objects and (found := resolved(_public(defining))):
+            return found
         if obj is not None and not (defining or path).startswith("lit_ppool"):
             return contnode  # a real object of another package: no link, no warning
     matches = [name for name in domain.objects if name.endswith("." + target)]
-    if len(matches) == 1:
-        return resolved(matches[0])
-    return None
+    return resolved(matches[0]) if len(matches) == 1 else None
 
 
 TYPE_LIKE = re.compile(r"[\w.]+(\[.*\])?(\s*\|\s*[\w.]+(\[.*\])?)*")
