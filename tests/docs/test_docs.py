@@ -56,3 +56,17 @@ def test_every_public_name_has_an_api_entry():
     text = "\n".join(path.read_text(encoding="utf-8") for path in sorted((DOCS / "api").glob("*.rst")))
     documented = set(re.findall(r"^\.\. auto(?:class|function|exception|data):: lit_ppool\.(\w+)$", text, flags=re.M))
     assert sorted(set(lit_ppool.__all__) - documented) == []
+
+
+def test_readme_links_point_into_the_tree():
+    """The README is the front door: its relative links (into docs/) must reach a file."""
+    targets = re.findall(r"\]\((?!https?://|#)([^)#\s]+)", README.read_text(encoding="utf-8"))
+    assert targets, "the README links into docs/"
+    assert [target for target in targets if not (ROOT / target).is_file()] == []
+
+
+def test_docs_show_the_ci_block_of_the_readme():
+    """Getting started and Development repeat the README's second block (what CI runs); they must not drift."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+    for page in ("getting-started.md", "development.md"):
+        assert blocks[1] in (DOCS / page).read_text(encoding="utf-8"), page
