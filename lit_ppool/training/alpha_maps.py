@@ -73,7 +73,7 @@ def adaptive_layers(module: nn.Module) -> dict[str, AdaptivePPool2d]:
 
 
 def alpha_map_of(module: nn.Module, input: Tensor) -> Tensor:
-    """The alpha map that ``module`` (an adaptive layer, or a :class:`~lit_ppool.SamePadPool2d` around one) pools ``input`` with."""
+    """The alpha map that ``module`` (an adaptive layer, or a :class:`~lit_ppool.layers.same.SamePadPool2d` around one) pools ``input`` with."""
     if isinstance(module, SamePadPool2d):
         padding, (crop_h, crop_w) = module.same_padding_for(input)
         return module.pool.alpha_map(input, padding, True)[..., crop_h:, crop_w:]
@@ -83,7 +83,7 @@ def alpha_map_of(module: nn.Module, input: Tensor) -> Tensor:
 class AlphaMapCapture:
     """Capture the alpha map that every adaptive P-pooling layer of a model pools with, as the model runs.
 
-    Forward hooks on the layers (on the :class:`~lit_ppool.SamePadPool2d` around a wrapped one,
+    Forward hooks on the layers (on the :class:`~lit_ppool.layers.same.SamePadPool2d` around a wrapped one,
     with its "same" padding) compute the layer's :meth:`~lit_ppool.AdaptivePPool2d.alpha_map` of
     its input again, without gradient, at every call: one output-sized map per layer and call,
     the cost of the layer's side branch. The hooks stay until :meth:`remove` (or the end of a
