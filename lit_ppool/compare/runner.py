@@ -6,14 +6,15 @@ group the W&B runs), the logs of its two commands (``fit.log``, ``test.log``), a
 write (``checkpoints/``, ``metrics.csv``, ``config.yaml``, ``alpha.png``, ``test-last.json``).
 A run counts as finished once its ``test-last.json`` exists; ``fit`` is called with
 ``--ckpt_path last``, so an interrupted run resumes from its last checkpoint.
+
+The unfinished runs go to a launcher (:mod:`lit_ppool.compare.launch`, through submitit): here, at
+most ``--jobs`` at once, or a SLURM job array (``--launcher slurm``).
 """
 
 from __future__ import annotations
 
 import shlex
-import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 from jsonargparse.typing import register_type
 
+from lit_ppool.compare import launch
+from lit_ppool.compare.launch import SUBMITIT_FOLDER, Launcher, RunTask, read_launcher_block, run_local, submit_slurm, watch
 from lit_ppool.compare.report import Comparison, write_report
 from lit_ppool.layers.registry import REFERENCE_POOLING, available_poolings
 from lit_ppool.training.errors import ConfigError
@@ -40,13 +43,19 @@ EPILOG = """\
 Every other argument is a LightningCLI override passed to each run's fit and test, e.g.
 --trainer.max_epochs=2. Examples:
   lit-ppool compare --config configs/benchmark.yaml --poolings max,avg,p --seeds 10
-  lit-ppool compare --config configs/benchmark.yaml --print_commands   # one line per run, for a cluster
+  lit-ppool compare --config configs/benchmark.yaml --jobs 2          # two runs at once
+  lit-ppool compare --config configs/benchmark.yaml --launcher slurm --partition gpu --time 120 --gpus_per_run 1
+  lit-ppool compare --config configs/benchmark.yaml --config slurm.yaml   # a YAML file of one launcher: block
+  lit-ppool compare --config configs/benchmark.yaml --print_commands   # one line per run, for a scheduler of yours
   lit-ppool compare --aggregate compare_benchmark                      # tables from finished run folders
 """
 
 # compare's own options that take a value, and its flags; every other argument is a LightningCLI override of its runs
-VALUE_OPTIONS = ("--config", "--poolings", "--seeds", "--output", "--name", "--aggregate")
-FLAG_OPTIONS = ("-h", "--help", "--print_commands")
+VALUE_OPTIONS = ("--config", "--poolings", "--seeds", "--output", "--name", "--aggregate", *launch.VALUE_OPTIONS)
+FLAG_OPTIONS = ("-h", "--help", "--print_commands", *launch.FLAG_OPTIONS)
+
+# the check of a config for a SLURM launch runs here, on a machine that may have no GPU
+CHECK_ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1"]
 
 
 class Names(list):
@@ -127,7 +136,10 @@ def plan_runs(output: Path, poolings: Sequence[str], seeds: Sequence[int]) -> li
 
 def add_arguments(parser: ArgumentParser) -> None:
     """Add compare's own options (:data:`VALUE_OPTIONS` and :data:`FLAG_OPTIONS`) to ``lit-ppool compare``'s parser."""
-    parser.add_argument("--config", action="append", default=[], help="base config (repeat to layer overlays)")
+    parser.add_argument(
+        "--config", action="append", default=[],
+        help="base config (repeat to layer overlays; a file of one launcher: block sets the launcher options)",
+    )  # fmt: skip
     parser.add_argument(
         "--poolings", type=Names | None, default=None, metavar="NAMES",
         help="registry names, max,avg,p or [max, avg, p]; the first is the reference. Unset: max,p (with --aggregate: every pooling found)",
@@ -137,6 +149,7 @@ def add_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--name", type=str | None, help="experiment name: W&B group and tag. Unset: the output folder's name")
     parser.add_argument("--print_commands", action="store_true", help="print each run's fit && test command and exit")
     parser.add_argument("--aggregate", type=str | None, metavar="DIR", help="only build the tables from the run results under DIR")
+    launch.add_arguments(parser)
 
 
 def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -188,37 +201,52 @@ def _check_config(configs: Sequence[str], overrides: Sequence[str], poolings: Se
         args = [a for c in configs for a in ("--config", c)] + [*overrides, f"--model.pooling={pooling}", "--model.pooling_kwargs=null"]
         with warnings.catch_warnings():  # LightningCLI warns that sys.argv (compare's own) is not what it parses
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            warnings.filterwarnings("ignore", message="The `srun` command is available")  # a SLURM login node: the runs use it
             cli = run_cli(args, run=False)
         if index == 0 and cli.datamodule is not None:  # the data do not depend on the pooling
             for stage in ("fit", "test"):
                 cli.datamodule.setup(stage)
 
 
-def _run_logged(args: Sequence[str], log: Path) -> tuple[int, float]:
-    started = time.perf_counter()
-    with open(log, "w") as file:
-        code = subprocess.call([sys.executable, "-m", "lit_ppool.cli", *args], stdout=file, stderr=subprocess.STDOUT)
-    return code, time.perf_counter() - started
-
-
-def _run_all(runs: Sequence[Run], configs: Sequence[str], overrides: Sequence[str], experiment: str, output: Path) -> list[str]:
-    """Fit and test every unfinished run, one after another; return the failures (with their logs)."""
-    failures = []
+def _tasks(runs: Sequence[Run], configs: Sequence[str], overrides: Sequence[str], experiment: str, output: Path) -> list[RunTask]:
+    """The tasks of the unfinished runs, with their overlays written; the finished ones are named and left out."""
+    tasks = []
     for index, run in enumerate(runs, 1):
-        label = f"[{index}/{len(runs)}] {run.pooling} seed {run.seed}"
         if run.finished:
-            print(f"{label}: finished earlier ({run.result})", flush=True)
+            print(f"[{index}/{len(runs)}] {run.pooling} seed {run.seed}: finished earlier ({run.result})", flush=True)
             continue
         run.directory.mkdir(parents=True, exist_ok=True)
         (run.directory / "run.yaml").write_text(run.overlay(experiment, output))
+        program = [sys.executable, "-m", "lit_ppool.cli"]
         fit, test = run.commands(configs, overrides)
-        for stage, args in (("fit", fit), ("test", test)):
-            code, seconds = _run_logged(args, run.directory / f"{stage}.log")
-            print(f"{label}: {stage} {'done' if code == 0 else 'FAILED'} in {seconds:.0f} s", flush=True)
-            if code != 0:
-                failures.append(f"{run.pooling} seed {run.seed}: {stage} failed (exit {code}), see {run.directory / f'{stage}.log'}")
-                break
-    return failures
+        stages = [("fit", [*program, *fit]), ("test", [*program, *test])]
+        tasks.append(RunTask(f"{run.pooling} seed {run.seed}", run.directory, run.result, stages))
+    return tasks
+
+
+def _print_submitted(jobs: Sequence, tasks: Sequence[RunTask], output: Path, poolings: Sequence[str]) -> None:
+    """The job ids, logs and sbatch script of a SLURM launch, and the command that builds the tables afterwards."""
+    print(f"Submitted {len(jobs)} run(s) to SLURM, job {jobs[0].job_id.split('_')[0]}; sbatch script {jobs[0].paths.submission_file}")
+    for task, job in zip(tasks, jobs):
+        print(f"  {job.job_id}  {task.label}  {job.paths.stdout}")
+    print(f"When they are done (squeue --me): lit-ppool compare --aggregate {output} --poolings {','.join(poolings)}")
+    print("Run this command again for runs that failed: finished runs are skipped, the others resume from their last checkpoint.")
+
+
+def _launch(tasks: Sequence[RunTask], launcher: Launcher, output: Path, experiment: str, poolings: Sequence[str]) -> list[str] | None:
+    """Run the tasks with ``launcher``; the failures (with their logs), or ``None`` for a SLURM launch that did not wait."""
+    if not tasks:
+        return []
+    folder = output / SUBMITIT_FOLDER
+    if launcher.name == "local":
+        outcomes = run_local(tasks, launcher, folder)
+    else:
+        jobs = submit_slurm(tasks, launcher, folder, f"lit-ppool-{experiment}")
+        _print_submitted(jobs, tasks, output, poolings)
+        if not launcher.wait:
+            return None
+        outcomes = watch(jobs, [task.label for task in tasks], launcher.jobs)
+    return [f"{label}: {outcome.describe()}" for label, outcome in outcomes.items() if not outcome.ok]
 
 
 def _aggregate(folder: Path, poolings: Sequence[str] | None) -> int:
@@ -251,11 +279,13 @@ def run_comparison(
     print_commands: bool = False,
     aggregate: str | Path | None = None,
     overrides: Sequence[str] = (),
+    **launcher_options,
 ) -> int:
     """``lit-ppool compare``: fit and test every (pooling, seed) run of a config, then write the tables.
 
     Args:
-        config: The base config of every run, then its overlays (``--config``, repeated).
+        config: The base config of every run, then its overlays (``--config``, repeated). A YAML file
+            whose only key is ``launcher`` holds launcher options instead (not passed to the runs).
         poolings: Registry names; the first is the reference of the paired differences. ``None``:
             ``max`` and ``p``, or with ``aggregate`` every pooling found.
         seeds: A count N (seeds ``0..N-1``) or the seeds.
@@ -264,27 +294,38 @@ def run_comparison(
         print_commands: Only write each run's overlay and print its fit and test command.
         aggregate: Only build the tables from the run results under this folder.
         overrides: LightningCLI arguments for each run's fit and test, e.g. ``["--trainer.max_epochs=2"]``.
+        **launcher_options: Where the runs run, over the ``launcher:`` blocks of ``config``:
+            ``launcher`` (``"local"``, the default, or ``"slurm"``), ``jobs``, ``gpus_per_run``,
+            ``cpus_per_run``, ``nodes_per_run``, ``partition``, ``time`` (minutes), ``mem_gb``,
+            ``sbatch`` (more sbatch options) and ``wait`` (:class:`~lit_ppool.compare.launch.Launcher`).
 
     Returns:
-        The exit status: 0, or 1 if a run failed (the others still run).
+        The exit status: 0, or 1 if a run failed (the others still run). A SLURM launch without
+        ``wait`` returns 0 once the job array is submitted.
 
     Raises:
         ConfigError: Unknown or repeated poolings, a seed count below 1, no ``config``, no results
-            under ``aggregate``, or a config that ``fit`` would reject; before any run.
+            under ``aggregate``, bad launcher options, or a config that ``fit`` would reject; before any run.
     """
     checked = _checked_poolings([REFERENCE_POOLING, "p"] if poolings is None else poolings)
     if aggregate is not None:
         return _aggregate(Path(aggregate), None if poolings is None else checked)
+    blocks = {path: read_launcher_block(path) for path in config}
+    config = [path for path in config if blocks[path] is None]
     if not config:
         raise ConfigError("Expected --config (the base config of every run), or --aggregate DIR.")
+    launcher = Launcher.from_options([(path, block) for path, block in blocks.items() if block is not None], **launcher_options)
     seed_list = _seed_list(seeds)
     output = Path(output or f"compare_{Path(config[0]).stem}")
     experiment = name or output.name
     runs = plan_runs(output, checked, seed_list)
     if print_commands:
         return _print_commands(runs, config, overrides, experiment, output)
-    _check_config(config, overrides, checked)
-    failures = _run_all(runs, config, overrides, experiment, output)
+    _check_config(config, [*overrides, *(CHECK_ON_CPU if launcher.name == "slurm" else [])], checked)
+    tasks = _tasks(runs, config, [*overrides, *launcher.run_overrides()], experiment, output)
+    failures = _launch(tasks, launcher, output, experiment, checked)
+    if failures is None:  # submitted; the tables come with --aggregate
+        return 0
     results = [r for r in load_results(output) if r.pooling in checked and r.seed in seed_list]
     notes = [f"config: {', '.join(config)}{' ' + shlex.join(overrides) if overrides else ''}",
              f"poolings: {', '.join(checked)}; seeds: {', '.join(map(str, seed_list))}; "
