@@ -194,8 +194,8 @@ def local_environments(launcher: Launcher, cores: int | None = None, gpus: Seque
         ConfigError: If ``--jobs`` x ``--gpus_per_run`` is more than the GPUs there are.
 
     Example:
-        >>> local_environments(Launcher(jobs=2), cores=8, gpus=["0", "1", "2", "3"])
-        [{'CUDA_VISIBLE_DEVICES': '0,1', 'OMP_NUM_THREADS': '4'}, {'CUDA_VISIBLE_DEVICES': '2,3', 'OMP_NUM_THREADS': '4'}]
+        >>> local_environments(Launcher(jobs=2), cores=2, gpus=["0", "1", "2", "3"])
+        [{'CUDA_VISIBLE_DEVICES': '0,1', 'OMP_NUM_THREADS': '1'}, {'CUDA_VISIBLE_DEVICES': '2,3', 'OMP_NUM_THREADS': '1'}]
     """
     jobs = launcher.jobs or 1
     cores = len(os.sched_getaffinity(0)) if cores is None else cores
@@ -207,8 +207,9 @@ def local_environments(launcher: Launcher, cores: int | None = None, gpus: Seque
             f"but it is {jobs * per_run}. Lower --jobs or --gpus_per_run."
         )
     threads = launcher.cpus_per_run or (max(1, cores // jobs) if jobs > 1 else None)
-    if threads is not None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        threads = min(threads, int(os.environ["OMP_NUM_THREADS"]))
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    if threads is not None and cap.isdigit() and int(cap) > 0:
+        threads = min(threads, int(cap))
     environments = []
     for slot in range(jobs):
         env = {} if per_run is None else {"CUDA_VISIBLE_DEVICES": ",".join(gpus[slot * per_run : (slot + 1) * per_run])}
