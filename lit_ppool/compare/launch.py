@@ -56,7 +56,9 @@ SLURM_ONLY = ("nodes_per_run", "partition", "mem_gb", "sbatch", "wait")
 """The options that only ``--launcher slurm`` reads."""
 
 LOCK_FILE = "run.lock"
+"""The file in a run folder that a running :class:`RunTask` holds a lock on."""
 SUBMITIT_FOLDER = "submitit"
+"""The folder of submitit's files (pickled tasks, sbatch script, task output) under a comparison's output."""
 NO_TIME_LIMIT_MIN = 60 * 24 * 365
 """The time limit of a local run without ``--time`` (a year: none)."""
 
