@@ -105,8 +105,8 @@ def save_pretrained(
         >>> from lit_ppool import swap_pooling
         >>> model = smp.Unet("resnet18", encoder_weights=None, classes=2)
         >>> _ = swap_pooling(model, "p")
-        >>> folder = save_pretrained(model, tempfile.mkdtemp())
-        >>> sorted(p.name for p in folder.iterdir())
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     sorted(p.name for p in save_pretrained(model, tmp).iterdir())
         ['README.md', 'config.json', 'model.safetensors']
     """
     check_smp_model(model)
@@ -305,7 +305,8 @@ def from_pretrained(source: str | os.PathLike, *, revision: str | None = None) -
         >>> from lit_ppool import swap_pooling
         >>> model = smp.Unet("resnet18", encoder_weights=None, classes=2).eval()
         >>> _ = swap_pooling(model, "p", alpha_init=3.0)
-        >>> loaded = from_pretrained(save_pretrained(model, tempfile.mkdtemp()))
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     loaded = from_pretrained(save_pretrained(model, tmp))
         >>> loaded.encoder.maxpool
         PPool2d(kernel_size=3, stride=2, padding=1, dilation=1, ceil_mode=False, alpha=3.0000)
         >>> x = torch.rand(1, 3, 64, 64)
