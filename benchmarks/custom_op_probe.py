@@ -1,6 +1,6 @@
 """Would registering the fused CPU kernel as a ``torch.library.custom_op`` speed up a compiled step?
 
-The measurement behind the decision in the README ("torch.compile and the fused kernels"). Today
+The measurement behind the decision in docs/performance.md ("Why torch.compile traces the reference path"). Today
 ``torch.compile`` traces P-pooling through the reference path (plain torch ops that Inductor
 fuses). This script registers the fused CPU kernel as two custom ops (forward, backward) with
 ``register_fake`` and ``register_autograd``, *in this script only*, and times one training step

@@ -1,6 +1,6 @@
 """P-pooling with a dense alpha (one value per window) against max pooling and per-channel P-pooling.
 
-    python benchmarks/dense_alpha.py                    # the table the README's Performance section quotes
+    python benchmarks/dense_alpha.py                    # the dense-alpha table of docs/performance.md
     python benchmarks/dense_alpha.py --quick            # small shapes, a smoke run
     python benchmarks/dense_alpha.py --channels-last    # the inputs in channels-last layout
     python benchmarks/dense_alpha.py --dtype bfloat16   # another input dtype (float32, float16, bfloat16)
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 # benchmarks/ is the script's folder, so on sys.path: the shared timing helpers
-from run import interleaved_times, ratio, saved_bytes
+from run import measure_ops, ratio
 
 from lit_ppool import p_pool2d
 from lit_ppool.kernels import dispatch
@@ -68,28 +68,19 @@ def pool_rows(label: str, shape, kernel: int, stride: int, padding: int, dtype: 
     """Table rows of one input shape and geometry: every candidate, forward and forward+backward."""
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.rand(shape, dtype=dtype).contiguous(memory_format=layout)
-    x_grad = x.clone().requires_grad_()
     out_size = F.max_pool2d(x[:1, :1], kernel, stride, padding).shape[-2:]
     alphas = {name: alpha.requires_grad_() for name, alpha in _alphas(shape, out_size).items()}
     ops = {"F.max_pool2d": lambda t: F.max_pool2d(t, kernel, stride, padding)}
     for name, alpha in alphas.items():
         ops[name] = lambda t, alpha=alpha: p_pool2d(t, alpha, kernel, stride, padding)
-    forward, both = {}, {}
-    for name, op in ops.items():
-        grad = torch.randn_like(op(x.detach()))
-        forward[name] = lambda op=op: op(x)
-        both[name] = lambda op=op, grad=grad: op(x_grad).backward(grad)
-    with torch.no_grad():
-        forward_times = interleaved_times(forward, torch.device("cpu"), rounds)
-    both_times = interleaved_times(both, torch.device("cpu"), rounds)
+    forward_times, both_times, kept = measure_ops(ops, x, torch.device("cpu"), rounds)
     rows = []
-    for name, op in ops.items():
-        kept = saved_bytes(op, x_grad)
+    for name in ops:
         rows.append(
             f"| {label} {tuple(shape)} | {name} | {statistics.median(forward_times[name]) * 1e3:.1f} | "
             f"{ratio(forward_times, name, 'F.max_pool2d')} | {statistics.median(both_times[name]) * 1e3:.1f} | "
             f"{ratio(both_times, name, 'F.max_pool2d')} | {ratio(both_times, name, CANDIDATES[1])} | "
-            f"{kept / 2**20:.1f} MiB |"
+            f"{kept[name] / 2**20:.1f} MiB |"
         )
     return rows
 

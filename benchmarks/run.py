@@ -1,7 +1,7 @@
 """P-pooling performance, in one run: the op against torch's pooling and a naive P-pooling,
 and one smp U-Net training step with P-pooling against the same model with max pooling.
 
-    python benchmarks/run.py                 # the README's table (CPU; CUDA too when present)
+    python benchmarks/run.py                 # the tables of docs/performance.md (CPU; CUDA too when present)
     python benchmarks/run.py --quick         # small shapes, a smoke run
     python benchmarks/run.py --isa avx2      # the kernel built for another CPU ISA (avx2, avx512, default)
     python benchmarks/run.py --only model    # only the U-Net step table (or: --only ops)
@@ -88,6 +88,25 @@ def saved_bytes(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> 
     return sum(t.numel() * t.element_size() for t in unique.values())
 
 
+def measure_ops(ops: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, device, rounds: int):
+    """Each op's forward times (no grad), forward+backward times (a fixed random output gradient) and bytes kept for backward.
+
+    Returns:
+        ``(forward_times, both_times, kept)``: dicts keyed like ``ops``; the times as
+        :func:`interleaved_times` gives them, ``kept`` as :func:`saved_bytes`.
+    """
+    x_grad = x.clone().requires_grad_()
+    forward, both = {}, {}
+    for name, op in ops.items():
+        grad = torch.randn_like(op(x.detach()))
+        forward[name] = lambda op=op: op(x)
+        both[name] = lambda op=op, grad=grad: op(x_grad).backward(grad)
+    with torch.no_grad():
+        forward_times = interleaved_times(forward, device, rounds)
+    both_times = interleaved_times(both, device, rounds)
+    return forward_times, both_times, {name: saved_bytes(op, x_grad) for name, op in ops.items()}
+
+
 def op_table(device: torch.device, dtype: torch.dtype, shape, rounds: int, channels_last: bool = False) -> list[str]:
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.rand(shape, device=device, dtype=dtype).contiguous(memory_format=layout)
@@ -105,21 +124,12 @@ def op_table(device: torch.device, dtype: torch.dtype, shape, rounds: int, chann
             "naive unfold P-pool": lambda t: naive_p_pool2d(t, alpha, k, s, p),
             "lit_ppool p_pool2d": lambda t: p_pool2d(t, alpha, k, s, p),
         }
-        x_grad = x.clone().requires_grad_()
-        forward, both = {}, {}
-        for name, op in ops.items():
-            grad = torch.randn_like(op(x.detach()))
-            forward[name] = lambda op=op: op(x)
-            both[name] = lambda op=op, grad=grad: op(x_grad).backward(grad)
-        with torch.no_grad():
-            forward_times = interleaved_times(forward, device, rounds)
-        both_times = interleaved_times(both, device, rounds)
-        for name, op in ops.items():
-            kept = saved_bytes(op, x_grad)
+        forward_times, both_times, kept = measure_ops(ops, x, device, rounds)
+        for name in ops:
             rows.append(
                 f"| {geometry_name} | {name} | {statistics.median(forward_times[name]) * 1e3:.1f} | "
                 f"{ratio(forward_times, name, 'F.max_pool2d')} | {statistics.median(both_times[name]) * 1e3:.1f} | "
-                f"{ratio(both_times, name, 'F.max_pool2d')} | {kept / 2**20:.1f} MiB |"
+                f"{ratio(both_times, name, 'F.max_pool2d')} | {kept[name] / 2**20:.1f} MiB |"
             )
     return rows
 

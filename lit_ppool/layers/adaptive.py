@@ -23,6 +23,7 @@ from lit_ppool.functional import (
     pool_output_shape,
 )
 from lit_ppool.kernels.common import pad_amounts
+from lit_ppool.layers.geometry import check_channel_count, geometry_repr, store_geometry
 from lit_ppool.layers.ppool import _ProjectedClamp
 
 __all__ = ["ADAPTIVE_ALPHA_INIT", "ADAPTIVE_ALPHA_RANGE", "AdaptivePPool2d"]
@@ -98,15 +99,9 @@ class AdaptivePPool2d(nn.Module):
         alpha_init: float = ADAPTIVE_ALPHA_INIT,
     ) -> None:
         super().__init__()
-        geometry = pool_geometry(kernel_size, stride, padding, dilation, ceil_mode)
-        _check_options(num_channels, alpha_min, alpha_max, alpha_init)
-        # torch's attribute names and values, so code that reads MaxPool2d attributes reads these too
-        self.kernel_size = kernel_size
-        self.stride = kernel_size if stride is None else stride
-        self.padding = padding
-        self.dilation = dilation
-        self.ceil_mode = ceil_mode
-        self.num_channels = num_channels
+        geometry = store_geometry(self, kernel_size, stride, padding, dilation, ceil_mode)
+        self.num_channels = check_channel_count(num_channels, "p_adaptive")
+        _check_alpha_range(alpha_min, alpha_max, alpha_init)
         self.alpha_min, self.alpha_max, self.alpha_init = float(alpha_min), float(alpha_max), float(alpha_init)
         # the input is padded to the pool's windows first (symmetric padding and ceil_mode), so no conv padding
         self.window_conv = nn.Conv2d(
@@ -162,18 +157,12 @@ class AdaptivePPool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"ceil_mode={self.ceil_mode}, num_channels={self.num_channels}, "
+            f"{geometry_repr(self)}, num_channels={self.num_channels}, "
             f"alpha_range=[{self.alpha_min:g}, {self.alpha_max:g}], alpha_init={self.alpha_init:g}"
         )
 
 
-def _check_options(num_channels, alpha_min, alpha_max, alpha_init) -> None:
-    if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
-        raise ValueError(
-            f"Expected argument `num_channels` to be an int > 0 (p_adaptive needs the channel count), but got "
-            f"{num_channels!r}. With swap_pooling, pass `example_input=` so it is measured."
-        )
+def _check_alpha_range(alpha_min, alpha_max, alpha_init) -> None:
     numbers = {"alpha_min": alpha_min, "alpha_max": alpha_max, "alpha_init": alpha_init}
     for name, value in numbers.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -38,6 +38,7 @@ from lit_ppool.functional import (
     pool_output_shape,
 )
 from lit_ppool.kernels.common import pad_amounts, window
+from lit_ppool.layers.geometry import check_channel_count, geometry_repr, store_geometry
 
 __all__ = [
     "AveragePool2d",
@@ -53,12 +54,6 @@ __all__ = [
 def _inverse_softplus(value: float) -> float:
     """``raw`` with ``softplus(raw) == value`` (``value > 0``)."""
     return value + math.log(-math.expm1(-value))
-
-
-def _check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected argument `{name}` to be an int > 0, but got {value!r}.")
-    return value
 
 
 class _Windows:
@@ -128,12 +123,7 @@ class _GeometryPool2d(nn.Module):
         ceil_mode: bool = False,
     ) -> None:
         super().__init__()
-        pool_geometry(kernel_size, stride, padding, dilation, ceil_mode)  # validate early
-        self.kernel_size = kernel_size
-        self.stride = kernel_size if stride is None else stride
-        self.padding = padding
-        self.dilation = dilation
-        self.ceil_mode = ceil_mode
+        store_geometry(self, kernel_size, stride, padding, dilation, ceil_mode)
 
     def forward(self, input: Tensor) -> Tensor:
         return self.pool_with_padding(input, self.padding, self.ceil_mode)
@@ -158,10 +148,7 @@ class _GeometryPool2d(nn.Module):
         return {}
 
     def extra_repr(self) -> str:
-        return (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
-        )
+        return geometry_repr(self)
 
 
 class AveragePool2d(nn.AvgPool2d):
@@ -570,12 +557,7 @@ class StridedConvPool2d(_GeometryPool2d):
         depthwise: bool = True,
     ) -> None:
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
-        if num_channels is None:
-            raise ValueError(
-                "Expected argument `num_channels` to be an int > 0 (strided_conv needs the channel count), "
-                "but got None. With swap_pooling, pass `example_input=` so it is measured."
-            )
-        self.num_channels = _check_positive_int(num_channels, "num_channels")
+        self.num_channels = check_channel_count(num_channels, "strided_conv")
         self.depthwise = depthwise
         kh, kw = pool_geometry(kernel_size).kernel_size
         if depthwise:

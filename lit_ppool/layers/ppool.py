@@ -16,10 +16,10 @@ from lit_ppool.functional import (
     _check_num_channels,
     _size_2_t,
     p_pool2d,
-    pool_geometry,
     pool_output_size,
 )
 from lit_ppool.kernels.reference import p_pool2d_forward
+from lit_ppool.layers.geometry import geometry_repr, store_geometry
 
 __all__ = ["DEFAULT_ALPHA_MAX", "GlobalPPool2d", "PPool2d", "PPoolBase"]
 
@@ -197,14 +197,8 @@ class PPool2d(PPoolBase):
         alpha_max: float = DEFAULT_ALPHA_MAX,
         learnable: bool = True,
     ) -> None:
-        geometry = pool_geometry(kernel_size, stride, padding, dilation, ceil_mode)
         super().__init__(alpha_init=alpha_init, num_channels=num_channels, alpha_max=alpha_max, learnable=learnable)
-        # torch's attribute names and values, so code that reads MaxPool2d attributes reads these too
-        self.kernel_size = kernel_size
-        self.stride = kernel_size if stride is None else stride
-        self.padding = padding
-        self.dilation = dilation
-        self.ceil_mode = ceil_mode
+        geometry = store_geometry(self, kernel_size, stride, padding, dilation, ceil_mode)
         # validated (h, w) pairs for the TorchScript path
         self._kernel, self._stride, self._padding, self._dilation = (list(pair) for pair in geometry[:4])
 
@@ -230,11 +224,7 @@ class PPool2d(PPoolBase):
         return output.squeeze(0) if input.dim() == 3 else output
 
     def extra_repr(self) -> str:
-        geometry = (
-            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
-        )
-        return f"{geometry}, {self._alpha_repr()}"
+        return f"{geometry_repr(self)}, {self._alpha_repr()}"
 
 
 class GlobalPPool2d(PPoolBase):

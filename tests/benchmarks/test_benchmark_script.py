@@ -1,4 +1,4 @@
-"""The README's benchmark command runs from a checkout and prints every table (smoke run, no timings checked)."""
+"""The benchmark command of docs/performance.md runs from a checkout and prints every table (smoke run, no timings checked)."""
 
 import os
 import re

@@ -1,4 +1,4 @@
-"""A user's own folder through the ``lit-ppool`` console script, as the README's "Your own data" shows it:
+"""A user's own folder through the ``lit-ppool`` console script, as docs/own-data.md shows it:
 one data block layered on a config, then ``fit``, ``test`` and ``compare``; and the CrackForest config."""
 
 import json

@@ -15,15 +15,8 @@ from lit_ppool.cli import main
 from lit_ppool.compare import Comparison, RunResult, load_results, paired_difference, summarize, write_report
 from lit_ppool.compare.stats import student_t_quantile
 
-from helpers.tiny import QUICKSTART
+from helpers.tiny import QUICKSTART, TINY_RUN
 from helpers.wandb_records import records
-
-TINY = [
-    "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-    "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}", "--data.init_args.image_size=32",
-    "--data.init_args.train_size=8", "--data.init_args.val_size=2", "--data.init_args.test_size=4",
-    "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=2",
-]  # fmt: skip
 
 
 def compare_main(args):
@@ -142,7 +135,7 @@ def test_bad_arguments_fail_before_any_run(args, message, tmp_path, monkeypatch,
 def test_a_config_that_does_not_fit_fails_before_any_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        compare_main(["--config", QUICKSTART, "--model.encoder_name=resnt18", *TINY])
+        compare_main(["--config", QUICKSTART, "--model.encoder_name=resnt18", *TINY_RUN])
     assert info.value.code == 2 and "resnet18" in capsys.readouterr().err
     assert not (tmp_path / "compare_quickstart").exists()
 
@@ -166,7 +159,7 @@ def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = ["--config", QUICKSTART, "--poolings", "max,p", "--seeds", "2",
-            "--output", "cmp", *TINY]  # fmt: skip
+            "--output", "cmp", *TINY_RUN]  # fmt: skip
     assert compare_main(args) == 0
     out = tmp_path / "cmp"
     for name in ("compare.md", "compare.csv", "runs.csv", "compare.png"):
@@ -200,7 +193,7 @@ def test_compare_end_to_end_resumable_and_aggregatable(tmp_path, monkeypatch, ca
 
 def test_print_commands_run_as_printed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    args = ["--config", QUICKSTART, "--poolings", "p", "--seeds", "1", "--output", "cmp", *TINY]
+    args = ["--config", QUICKSTART, "--poolings", "p", "--seeds", "1", "--output", "cmp", *TINY_RUN]
     assert compare_main([*args, "--print_commands"]) == 0
     (line,) = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("lit-ppool fit ") and " && lit-ppool test " in line

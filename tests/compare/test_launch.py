@@ -31,14 +31,8 @@ from lit_ppool.compare.launch import (
 )
 from lit_ppool.training.errors import ConfigError
 
-from helpers.tiny import QUICKSTART
+from helpers.tiny import QUICKSTART, TINY_RUN
 
-TINY = [
-    "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
-    "--model.model_kwargs={'decoder_channels': [32, 16, 16, 8, 8]}", "--data.init_args.image_size=32",
-    "--data.init_args.train_size=8", "--data.init_args.val_size=2", "--data.init_args.test_size=4",
-    "--data.init_args.batch_size=4", "--data.init_args.eval_batch_size=2",
-]  # fmt: skip
 STAMP = re.compile(r"^# lit-ppool compare: (\w+) of .* (started|ended) (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})", re.MULTILINE)
 
 
@@ -230,7 +224,7 @@ def test_slurm_launch_writes_the_job_array_and_returns(tmp_path, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     Path("slurm.yaml").write_text("launcher:\n  name: slurm\n  partition: gpu\n  time: 240\n  sbatch: {account: lab, qos: high}\n")
     args = ["--config", QUICKSTART, "--config", "slurm.yaml", "--poolings", "max,p", "--seeds", "2", "--output", "cmp",
-            "--time", "90", "--gpus_per_run", "2", "--cpus_per_run", "8", "--mem_gb", "32", "--jobs", "3", *TINY]  # fmt: skip
+            "--time", "90", "--gpus_per_run", "2", "--cpus_per_run", "8", "--mem_gb", "32", "--jobs", "3", *TINY_RUN]  # fmt: skip
     assert main(["compare", *args]) == 0
     script = tmp_path / "cmp" / "submitit" / "4242_submission.sh"
     (submitted,) = [line.split() for line in fake_slurm.read_text().splitlines()]  # one sbatch call: the whole array
@@ -279,7 +273,7 @@ def test_jobs_2_overlaps_two_runs_and_gives_the_tables_of_jobs_1(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the same torch threads in both: the same numbers
-    args = ["compare", "--config", QUICKSTART, "--poolings", "max,p", "--seeds", "1", "--name", "cmp", *TINY]
+    args = ["compare", "--config", QUICKSTART, "--poolings", "max,p", "--seeds", "1", "--name", "cmp", *TINY_RUN]
     assert main([*args, "--output", "jobs2", "--jobs", "2"]) == 0
     out = capsys.readouterr().out
     done = re.findall(r"^\[\d+:\d\d\] (max|p) seed 0: done in \d+ s \| .*, about \d+:\d\d left$", out, re.MULTILINE)
@@ -299,7 +293,7 @@ def test_a_run_killed_mid_fit_resumes_from_its_last_checkpoint(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = ["compare", "--config", QUICKSTART, "--poolings", "p", "--seeds", "1", "--output", "cmp"]
-    args += [arg for arg in TINY if not arg.startswith("--trainer.max_steps")]
+    args += [arg for arg in TINY_RUN if not arg.startswith("--trainer.max_steps")]
     compare = subprocess.Popen([sys.executable, "-m", "lit_ppool.cli", *args, "--trainer.max_steps=1000"], start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     run = tmp_path / "cmp" / "p" / "seed_0"

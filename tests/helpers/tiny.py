@@ -32,3 +32,8 @@ TINY_FIT = [
     "--trainer.enable_progress_bar=false", *TINY_DATA,
 ]  # fmt: skip
 """A ``lit-ppool`` command line: one epoch of two steps of the quickstart, tiny."""
+
+TINY_RUN = [
+    "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", *TINY_DATA,
+]  # fmt: skip
+"""The overrides that make each run of a ``lit-ppool compare`` tiny: two steps, one validation batch."""

@@ -27,6 +27,7 @@ from helpers.kernel_parity import (
     parity_failures,
     run,
 )
+from helpers.saved import saved_for_backward
 from helpers.tiny import HELPERS
 
 ALPHA = torch.ones(1)  # one alpha per layer: what select_function is asked about
@@ -243,9 +244,7 @@ def test_cpu_kernel_keeps_less_for_backward_than_max_pool():
     """Saved: the input, alpha and one output-sized float32 tensor; max_pool2d saves int64 indices."""
 
     def saved_bytes(fn, x):
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-            out = fn(x)
+        out, saved = saved_for_backward(lambda: fn(x))
         extra = [t for t in saved if t.data_ptr() != x.data_ptr()]
         return out, extra, sum(t.numel() * t.element_size() for t in extra)
 
@@ -264,9 +263,7 @@ def test_cpu_kernel_keeps_output_sized_tensors_for_a_dense_alpha(shape):
     x = make_input((2, 8, 32, 32), torch.float32).requires_grad_()
     alpha = torch.rand(shape, requires_grad=True)
     assert dispatch.select_function(x, alpha) is CppPPool2dFunction
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = p_pool2d(x, alpha, 3, 2, 1)
+    out, saved = saved_for_backward(lambda: p_pool2d(x, alpha, 3, 2, 1))
     assert out.grad_fn.name() == "CppPPool2dFunctionBackward"
     extra = [t for t in saved if t.data_ptr() not in (x.data_ptr(), alpha.data_ptr())]
     assert [(tuple(t.shape), t.dtype) for t in extra] == [(tuple(out.shape), torch.float32)]

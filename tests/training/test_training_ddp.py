@@ -60,3 +60,31 @@ def test_ddp_spawn_two_processes_sync_alpha_and_match_single_process_miou(tmp_pa
     for key in ("val/mIoU", "val/pixel_acc", "val/trimap_mIoU", "val/IoU/stripes", "val/F1/stripes", "val/F1/thin_line",
                 "val/precision/stripes", "val/recall/stripes"):  # fmt: skip
         assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
+
+
+class SaveAlphaMapSummaryPerRank(Callback):
+    """Save each rank's :attr:`alpha_map_summary` after validation (gathered at the epoch's end)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_validation_end(self, trainer, pl_module):
+        torch.save(pl_module.alpha_map_summary, self.folder / f"summary{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_gathers_the_predicted_alpha_of_every_process(tmp_path):
+    """Two processes see 4 validation images each; the gathered mean, min and max are those of all 8."""
+    torch.manual_seed(0)
+    module = PPoolSegmentationModule(**TINY_MODEL, pooling="p_adaptive")
+    with torch.no_grad():  # spread the predicted alpha away from its initial 30, so each image's maps differ
+        module.model.encoder.maxpool.alpha_conv.weight.normal_(0.0, 20.0)
+    ddp = L.Trainer(strategy="ddp_spawn", devices=2, callbacks=[SaveAlphaMapSummaryPerRank(tmp_path)], **trainer_kwargs(tmp_path))
+    ddp.validate(module, tiny_data(), verbose=False)
+    L.Trainer(devices=1, **trainer_kwargs(tmp_path)).validate(module, tiny_data(), verbose=False)
+
+    single = module.alpha_map_summary["encoder_maxpool"]
+    assert 1.0 <= single["min"] < single["mean"] < single["max"] <= 50.0
+    for rank in (0, 1):
+        gathered = torch.load(tmp_path / f"summary{rank}.pt", weights_only=True)["encoder_maxpool"]
+        assert gathered == {key: pytest.approx(value, rel=1e-6) for key, value in single.items()}, rank
