@@ -151,8 +151,9 @@ class PPoolCLI(LightningCLI):
       unless ``--trainer.logger`` is given on their command line. ``validate`` and ``test``
       write their metrics to ``<run>/<stage>-<checkpoint name>.json`` in the checkpoint's run
       folder; ``predict`` writes palette PNG masks to ``<run>/predictions/<checkpoint name>/``
-      (add a :class:`~lit_ppool.PaletteMaskWriter` to ``trainer.callbacks`` to choose; with
-      ``alpha_maps: true`` it also writes the adaptive P-pooling layers' alpha maps).
+      (add a :class:`~lit_ppool.PaletteMaskWriter` to ``trainer.callbacks`` to choose the
+      folder or the palette; with ``alpha_maps: true`` it also writes the adaptive P-pooling
+      layers' alpha maps, into the same folder unless it names another).
     * The config is saved next to the logs and logged as the hyperparameters of every logger
       (the W&B run config holds the whole setup).
     * An invalid configuration (unknown arch, encoder, pooling or weights name, a missing
@@ -326,13 +327,16 @@ class PPoolCLI(LightningCLI):
 
     def before_predict(self) -> None:
         ckpt_path = self._resolve_last_checkpoint()
-        if any(isinstance(callback, PaletteMaskWriter) for callback in self.trainer.callbacks):
-            return
         if ckpt_path is None:
             folder = Path(self.trainer.default_root_dir) / "predictions"
         else:
             folder = run_dir_of(ckpt_path) / "predictions" / ckpt_path.stem
-        self.trainer.callbacks.append(PaletteMaskWriter(folder))
+        writers = [callback for callback in self.trainer.callbacks if isinstance(callback, PaletteMaskWriter)]
+        for writer in writers:
+            if writer.output_dir is None:  # the configured writer without a folder writes where the default one would
+                writer.output_dir = folder
+        if not writers:
+            self.trainer.callbacks.append(PaletteMaskWriter(folder))
 
 
 def run_cli(args: Any = None, run: bool = True) -> PPoolCLI:

@@ -53,26 +53,30 @@ class PaletteMaskWriter(BasePredictionWriter):
     at the cost of each layer's side branch once more. A model without adaptive layers gets
     a warning and the masks only.
 
-    From the command line::
+    From the command line (the masks and maps go to the checkpoint's run folder,
+    ``<run>/predictions/<checkpoint name>/``, unless ``--trainer.callbacks.output_dir`` says otherwise)::
 
         lit-ppool predict --config cfg.yaml --ckpt_path last --trainer.callbacks+=lit_ppool.PaletteMaskWriter \\
-            --trainer.callbacks.output_dir=predictions --trainer.callbacks.alpha_maps=true
+            --trainer.callbacks.alpha_maps=true
 
     Args:
-        output_dir: Folder for the PNG files (created if missing).
+        output_dir: Folder for the PNG files (created if missing). ``None``: the folder that
+            ``lit-ppool predict`` chooses (above), or ``<trainer.default_root_dir>/predictions``.
         palette: Flat ``[r, g, b, ...]`` palette; default :func:`voc_palette`.
         alpha_maps: Also write the adaptive layers' alpha maps.
     """
 
     def __init__(
-        self, output_dir: str | Path = "predictions", palette: Sequence[int] | None = None, alpha_maps: bool = False
+        self, output_dir: str | Path | None = None, palette: Sequence[int] | None = None, alpha_maps: bool = False
     ) -> None:
         super().__init__(write_interval="batch")
         self.written = 0
         """PNG mask files written by this process in the current ``predict``."""
         self.alpha_maps_written = 0
         """Alpha map PNG files written by this process in the current ``predict``."""
-        self.output_dir = Path(output_dir)
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.folder: Path | None = None
+        """Where the current (or last) ``predict`` writes: ``output_dir``, or its default."""
         self.palette = list(palette) if palette is not None else voc_palette()
         if len(self.palette) % 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in self.palette):
             raise ValueError("Expected argument `palette` to be a flat list of r, g, b ints in [0, 255], but got another value.")
@@ -91,11 +95,11 @@ class PaletteMaskWriter(BasePredictionWriter):
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
         for mask, name in zip(prediction["masks"], prediction["names"]):
             image = Image.fromarray(mask.cpu().numpy().astype(np.uint8))  # "L", made "P" by putpalette
             image.putpalette(self.palette)
-            image.save(self.output_dir / f"{Path(name).stem}.png")
+            image.save(self.folder / f"{Path(name).stem}.png")
             self.written += 1
         if self._capture is not None and prediction["masks"]:
             self._write_alpha_maps(prediction, batch["image"].shape[-2:])
@@ -104,7 +108,7 @@ class PaletteMaskWriter(BasePredictionWriter):
         """One RGB PNG per image and adaptive layer, from the maps captured in this batch's forward."""
         for layer_name, alpha in self._capture.maps.items():
             layer = self._capture.layers[layer_name]
-            folder = self.output_dir / "alpha" / layer_name
+            folder = self.folder / "alpha" / layer_name
             folder.mkdir(parents=True, exist_ok=True)
             info = PngInfo()
             for key, value in (("layer", layer_name), ("alpha_min", f"{layer.alpha_min:g}"),
@@ -119,6 +123,7 @@ class PaletteMaskWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.written = self.alpha_maps_written = 0
+        self.folder = self.output_dir or Path(trainer.default_root_dir) / "predictions"
         if not self.alpha_maps:
             return
         self._capture = AlphaMapCapture(pl_module)
@@ -139,9 +144,9 @@ class PaletteMaskWriter(BasePredictionWriter):
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Say where the masks (and alpha maps) went (the counts are rank zero's share under DDP)."""
         self._remove_capture()
-        rank_zero_info(f"lit_ppool: wrote {self.written} palette PNG mask(s) to {self.output_dir}")
+        rank_zero_info(f"lit_ppool: wrote {self.written} palette PNG mask(s) to {self.folder}")
         if self.alpha_maps_written:
-            rank_zero_info(f"lit_ppool: wrote {self.alpha_maps_written} alpha map PNG(s) to {self.output_dir / 'alpha'}")
+            rank_zero_info(f"lit_ppool: wrote {self.alpha_maps_written} alpha map PNG(s) to {self.folder / 'alpha'}")
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._remove_capture()

@@ -63,10 +63,11 @@ def test_alpha_maps_are_the_layers_maps_coloured_over_its_range(tmp_path):
 
 def test_a_model_without_adaptive_layers_gets_the_masks_and_a_warning(tmp_path):
     module = PPoolSegmentationModule(**TINY_MODEL, pooling="p")
-    writer = PaletteMaskWriter(tmp_path / "out", alpha_maps=True)
+    writer = PaletteMaskWriter(alpha_maps=True)  # no folder: <default_root_dir>/predictions
     with pytest.warns(UserWarning, match="found no adaptive P-pooling layer"):
         _predict(tmp_path, module, writer)
-    assert (writer.written, writer.alpha_maps_written) == (3, 0) and not (tmp_path / "out" / "alpha").exists()
+    assert (writer.written, writer.alpha_maps_written) == (3, 0) and writer.folder == tmp_path / "predictions"
+    assert len(list(writer.folder.glob("*.png"))) == 3 and not (writer.folder / "alpha").exists()
     with pytest.raises(ValueError, match="Expected argument `alpha_maps`"):
         PaletteMaskWriter(alpha_maps="yes")
 
@@ -89,3 +90,9 @@ def test_lit_ppool_predict_writes_the_alpha_maps_beside_the_masks(tmp_path, monk
     with Image.open(maps[0]) as png:
         assert (png.mode, png.size, png.text["layer"]) == ("RGB", (32, 32), "encoder_maxpool")
     assert not (run / "predictions").exists()  # the configured writer, not the default one
+
+    main(["predict", *adaptive, "--ckpt_path=last", "--trainer.callbacks+=lit_ppool.PaletteMaskWriter",
+          "--trainer.callbacks.alpha_maps=true"])  # fmt: skip
+    beside = run / "predictions" / "last"  # a writer without a folder writes where the default writer would
+    assert sorted(p.name for p in beside.glob("*.png")) == names
+    assert sorted(p.name for p in (beside / "alpha" / "encoder_maxpool").glob("*.png")) == names
