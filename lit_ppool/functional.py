@@ -201,7 +201,8 @@ def _dense_alpha(alpha: Tensor, out_shape: tuple[int, int, int, int]) -> Tensor:
     """A 4-d alpha checked against the output's shape; flat where it varies over channels only.
 
     Under ``torch.compile``/``torch.export`` tracing it is passed on as it is: comparing its sizes
-    with 1 would specialise the traced graph to the example's batch size (the check has run in eager).
+    with 1 would specialise the traced graph to the example's batch size. So a traced map of the
+    wrong shape is not refused there (it broadcasts the output); one eager call checks it.
     """
     if torch.compiler.is_compiling():
         return alpha

@@ -142,7 +142,7 @@ class Launcher:
             except ArgumentError as err:  # jsonargparse's: the key and what it expected
                 raise ConfigError(f"Expected the launcher: block of {path!r} to hold launcher options, but: {err}") from None
             options.update({key: value for key, value in vars(parsed).items() if key in values})
-        options.update({key: value for key, value in given.items() if value not in (None, False)})
+        options.update({key: value for key, value in given.items() if value is not None and value is not False})  # 0 is given
         name = options.pop("launcher", None) or "local"
         launcher = cls(name=name, **{key: value for key, value in options.items() if value is not None})
         launcher.check()
@@ -184,8 +184,11 @@ def _visible_gpus() -> list[str]:
 def local_environments(launcher: Launcher, cores: int | None = None, gpus: Sequence[str] | None = None) -> list[dict[str, str]]:
     """The environment variables of each of the ``--jobs`` local slots: its GPUs and its torch threads.
 
-    With ``--jobs 1`` and neither ``--gpus_per_run`` nor ``--cpus_per_run`` a run gets today's environment
-    (every GPU, torch's default threads). An ``OMP_NUM_THREADS`` set here caps each run's threads.
+    Every slot names its GPUs in ``CUDA_VISIBLE_DEVICES`` (submitit's local executor would otherwise
+    hide them all): with ``--jobs 1`` and no ``--gpus_per_run``, every GPU; with ``--jobs N``, an
+    equal share of at least one each; with ``--gpus_per_run 0``, none (the run trains on the CPU).
+    With ``--jobs 1`` and no ``--cpus_per_run`` a run keeps torch's default threads. An
+    ``OMP_NUM_THREADS`` set here caps each run's threads.
 
     Args:
         launcher: The local launcher.
@@ -193,7 +196,8 @@ def local_environments(launcher: Launcher, cores: int | None = None, gpus: Seque
         gpus: The GPUs to share (default: those this process sees).
 
     Raises:
-        ConfigError: If ``--jobs`` x ``--gpus_per_run`` is more than the GPUs there are.
+        ConfigError: If ``--jobs`` x ``--gpus_per_run`` is more than the GPUs there are, or ``--jobs``
+            is more than the GPUs there are (at least one) and ``--gpus_per_run`` is not given.
 
     Example:
         >>> local_environments(Launcher(jobs=2), cores=2, gpus=["0", "1", "2", "3"])
@@ -203,6 +207,11 @@ def local_environments(launcher: Launcher, cores: int | None = None, gpus: Seque
     cores = len(os.sched_getaffinity(0)) if cores is None else cores
     gpus = _visible_gpus() if gpus is None else list(gpus)
     per_run = launcher.gpus_per_run if launcher.gpus_per_run is not None or jobs == 1 else len(gpus) // jobs
+    if gpus and per_run == 0 and launcher.gpus_per_run is None:
+        raise ConfigError(
+            f"Expected --jobs to be at most the {len(gpus)} GPU(s) visible here, so that each run gets one, but got "
+            f"--jobs {jobs}. Lower --jobs, or add --gpus_per_run 0 to run them on the CPU."
+        )
     if per_run is not None and jobs * per_run > len(gpus):
         raise ConfigError(
             f"Expected --jobs x --gpus_per_run ({jobs} x {per_run}) to be at most the {len(gpus)} GPU(s) visible here, "
@@ -214,7 +223,8 @@ def local_environments(launcher: Launcher, cores: int | None = None, gpus: Seque
         threads = min(threads, int(cap))
     environments = []
     for slot in range(jobs):
-        env = {} if per_run is None else {"CUDA_VISIBLE_DEVICES": ",".join(gpus[slot * per_run : (slot + 1) * per_run])}
+        own = gpus if per_run is None else gpus[slot * per_run : (slot + 1) * per_run]
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(own)}
         environments.append(env if threads is None else {**env, "OMP_NUM_THREADS": str(threads)})
     return environments
 
@@ -302,6 +312,10 @@ class RunTask(Checkpointable):
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     return RunOutcome("busy", log=Path(lock.name))
+                except OSError as err:  # a filesystem without flock (Lustre without -o flock, some NFS mounts)
+                    self._note(rank, f"no lock ({err}): a second launch of this comparison at once would run it too")
+                if self.result.is_file():  # finished by another launch between the first look and the lock
+                    return RunOutcome("earlier")
                 lock.truncate(0)
                 lock.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")
                 lock.flush()
@@ -310,6 +324,11 @@ class RunTask(Checkpointable):
                 if code != 0:
                     return RunOutcome("failed", time.monotonic() - started, stage, code, self.log(stage, rank))
         return RunOutcome("done", time.monotonic() - started)
+
+    def _note(self, rank: int, text: str) -> None:
+        """One line for the user at the top of this attempt's first stage log."""
+        with open(self.log(self.stages[0][0], rank), "a") as file:
+            file.write(f"# lit-ppool compare: {self.label}: {text}\n")
 
     def _run_stage(self, stage: str, argv: Sequence[str], log: Path, lock: int) -> int:
         """Run one command, its output appended to ``log``; the lock's file stays open in it (a killed task

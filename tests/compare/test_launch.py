@@ -63,6 +63,11 @@ def test_command_line_wins_over_the_launcher_block_over_the_defaults(tmp_path):
     assert launcher == Launcher(name="slurm", jobs=4, partition="gpu", time=30, sbatch={"account": "lab"})
     assert Launcher.from_options() == Launcher(name="local")
     assert read_launcher_block(QUICKSTART) is None  # a run config
+    gpu_block = tmp_path / "gpus.yaml"
+    gpu_block.write_text("launcher:\n  gpus_per_run: 2\n")
+    assert Launcher.from_options([(str(gpu_block), read_launcher_block(gpu_block))], gpus_per_run=0).gpus_per_run == 0  # 0 is a value
+    with pytest.raises(ConfigError, match="--jobs to be at least 1"):
+        Launcher.from_options(jobs=0)
 
 
 @pytest.mark.parametrize(("content", "given", "message"), [
@@ -84,15 +89,28 @@ def test_bad_launcher_options_name_the_problem(tmp_path, content, given, message
 def test_local_slots_share_the_gpus_and_the_cores(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     gpus = ["0", "1", "2", "3"]
-    assert local_environments(Launcher(), cores=8, gpus=gpus) == [{}]  # --jobs 1: today's environment
+    # --jobs 1: every GPU, named (submitit's local executor hides the GPUs of a job that names none)
+    assert local_environments(Launcher(), cores=8, gpus=gpus) == [{"CUDA_VISIBLE_DEVICES": "0,1,2,3"}]
     three = local_environments(Launcher(jobs=3, gpus_per_run=1), cores=8, gpus=gpus)
     assert three == [{"CUDA_VISIBLE_DEVICES": str(i), "OMP_NUM_THREADS": "2"} for i in range(3)]
     assert local_environments(Launcher(jobs=2), cores=2, gpus=[]) == [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}] * 2
-    assert local_environments(Launcher(cpus_per_run=3), cores=8, gpus=gpus) == [{"OMP_NUM_THREADS": "3"}]
+    assert local_environments(Launcher(cpus_per_run=3), cores=8, gpus=gpus) == [{"CUDA_VISIBLE_DEVICES": "0,1,2,3", "OMP_NUM_THREADS": "3"}]
+    with pytest.raises(ConfigError, match=r"--jobs to be at most the 1 GPU\(s\) visible here.*--gpus_per_run 0"):
+        local_environments(Launcher(jobs=2), cores=8, gpus=["0"])  # no run on the CPU unless asked
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in local_environments(Launcher(jobs=2, gpus_per_run=0), cores=8, gpus=["0"])] == ["", ""]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # set by the user: a cap
     assert local_environments(Launcher(jobs=2, gpus_per_run=0), cores=8, gpus=gpus)[1] == {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     with pytest.raises(ConfigError, match=r"--jobs x --gpus_per_run \(3 x 2\) to be at most the 4 GPU"):
         local_environments(Launcher(jobs=3, gpus_per_run=2), cores=8, gpus=gpus)
+
+
+def test_a_local_run_gets_the_gpus_of_its_slot_through_submitit(tmp_path, monkeypatch):
+    """submitit's local executor sets CUDA_VISIBLE_DEVICES for its jobs ("" unless told): a run's slot names its own."""
+    monkeypatch.setattr("lit_ppool.compare.launch._visible_gpus", lambda: ["0", "1"])  # this machine has no GPU
+    code = "import os, pathlib; pathlib.Path({!r}).write_text(os.environ['CUDA_VISIBLE_DEVICES'])"
+    task = _task(tmp_path, test=code.format(str(tmp_path / "p_seed_0" / "test-last.json")))
+    outcomes = run_local([task], Launcher(), tmp_path / "submitit")
+    assert outcomes["p seed 0"].ok and task.result.read_text() == "0,1"  # --jobs 1: every GPU
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -151,6 +169,28 @@ def test_two_launches_never_run_one_run_at_once(tmp_path):
         task.stop()
         thread.join()
     assert _task(tmp_path, fit="pass")().kind == "done"  # released with its process
+
+
+def test_a_filesystem_without_locks_runs_the_run_and_says_so(tmp_path, monkeypatch):
+    def no_flock(file, operation):
+        raise OSError(38, "Function not implemented")  # ENOSYS: Lustre mounted without -o flock
+
+    monkeypatch.setattr("lit_ppool.compare.launch.fcntl.flock", no_flock)
+    task = _task(tmp_path)
+    assert task().kind == "done" and task.result.is_file()
+    assert "p seed 0: no lock ([Errno 38] Function not implemented)" in (task.directory / "fit.log").read_text()
+
+
+def test_a_run_finished_while_its_lock_was_taken_is_not_run_again(tmp_path, monkeypatch):
+    task = _task(tmp_path, fit="raise SystemExit(5)")  # would fail if it ran
+    real_flock = __import__("fcntl").flock
+
+    def flock_after_another_launch_finished(file, operation):
+        task.result.write_text("{}")  # the other launch wrote the record after this one looked for it
+        real_flock(file, operation)
+
+    monkeypatch.setattr("lit_ppool.compare.launch.fcntl.flock", flock_after_another_launch_finished)
+    assert task().kind == "earlier" and not (task.directory / "fit.log").exists()
 
 
 def test_checkpoint_stops_the_command_and_requeues_the_same_task(tmp_path):
