@@ -101,11 +101,12 @@ class AlphaMonitor(Callback):
     :func:`adaptive_layers`) have no alpha of their own but predict one for every window. They
     are watched on a fixed batch: the first ``num_images`` images of the first validation batch
     (dataloader 0) that the Trainer runs in this ``fit`` (the sanity check's, if any), taken
-    once on rank zero and kept on the CPU. Resumed, a fit takes them again from its first
+    once and kept on the CPU. Resumed, a fit takes them again from its first
     validation batch: the same images as long as the validation dataloader does not shuffle.
     At the end of every validation epoch of ``fit`` (not the sanity check) the module runs on
-    them (``pl_module(images)``, eval mode, no gradient, the Trainer's precision) and, on rank
-    zero, at ``trainer.global_step``:
+    them (``pl_module(images)``, eval mode, no gradient, the Trainer's precision) on every
+    process, each on its own first batch (a strategy that shards the parameters, FSDP or
+    DeepSpeed, needs every process in a forward), and rank zero logs, at ``trainer.global_step``:
 
     * ``alpha/<layer>/mean``, ``alpha/<layer>/p5``, ``/p25``, ``/p50``, ``/p75``, ``/p95``: the
       mean and percentiles of the predicted alpha over every window, channel and image;
@@ -330,8 +331,8 @@ class AlphaMonitor(Callback):
                     log_histogram(logger, key, values, step)
 
     def _watching_maps(self, trainer: L.Trainer) -> bool:
-        """Whether this process logs alpha maps now: adaptive layers, in ``fit``, on rank zero."""
-        return bool(self._adaptive) and trainer.state.fn == "fit" and trainer.is_global_zero
+        """Whether the alpha maps are watched now: adaptive layers, in ``fit`` (every process runs their forward)."""
+        return bool(self._adaptive) and trainer.state.fn == "fit"
 
     def _predicted_maps(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Tensor]:
         """The adaptive layers' alpha maps of the fixed batch: one forward in eval mode, without gradient."""
@@ -347,12 +348,14 @@ class AlphaMonitor(Callback):
         return capture.maps
 
     def _record_maps(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Log the statistics (and draw the maps) of the adaptive layers on the fixed batch, once per global step."""
+        """Predict the adaptive layers' maps of the fixed batch (every process); log and draw them (rank zero), once per global step."""
         step = trainer.global_step
         if self._fixed_images is None or step == self._last_map_step:
             return
         self._last_map_step = step
         maps = self._predicted_maps(trainer, pl_module)
+        if not trainer.is_global_zero:
+            return
         metrics: dict[str, float] = {}
         low, high = f"p{ALPHA_PERCENTILES[0]}", f"p{ALPHA_PERCENTILES[-1]}"
         for name, alpha in maps.items():

@@ -501,3 +501,36 @@ def test_adaptive_history_is_checkpointed_and_a_fit_without_validation_says_why_
     with pytest.warns(UserWarning, match="no validation epoch ran"):
         fit_adaptive(tmp_path, silent, CSVLogger(tmp_path, name="no_val"), max_epochs=1, limit_val_batches=0)
     assert silent.map_steps == []
+
+
+class FixedBatchForwards(Callback):
+    """Per rank: the adaptive layer's forwards on 3 images (the fixed batch; the other batches hold 4) and the monitor's map steps."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_fit_start(self, trainer, pl_module):
+        self.calls = 0
+
+        def count(module, args, output):
+            self.calls += args[0].shape[0] == 3
+
+        pl_module.features[2].register_forward_hook(count)
+
+    def on_fit_end(self, trainer, pl_module):
+        monitor = next(callback for callback in trainer.callbacks if isinstance(callback, AlphaMonitor))
+        torch.save({"calls": self.calls, "map_steps": list(monitor.map_steps)}, self.folder / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_under_ddp_every_process_runs_the_fixed_batch_and_rank_zero_logs_it(tmp_path):
+    """A strategy that shards the parameters (FSDP, DeepSpeed) deadlocks if only rank zero runs a forward."""
+    monitor = AlphaMonitor(num_images=3, plot_filename=None, map_dirname=None)
+    fit_adaptive(tmp_path, monitor, CSVLogger(tmp_path), strategy="ddp_spawn", devices=2, num_sanity_val_steps=0,
+                 callbacks=[monitor, FixedBatchForwards(tmp_path)])  # fmt: skip
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
+    assert rank0["calls"] == rank1["calls"] == 2  # one forward per validation epoch, on each process
+    assert rank0["map_steps"] == [2, 4] and rank1["map_steps"] == []  # logged once, by rank zero
+    metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    rows = [row for row in csv.DictReader(metrics) if row.get("alpha/features_2/mean")]
+    assert [int(row["step"]) for row in rows] == [2, 4]
