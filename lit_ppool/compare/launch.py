@@ -74,7 +74,10 @@ def add_arguments(parser: ArgumentParser) -> None:
         "--gpus_per_run", type=int | None, metavar="G",
         help="GPUs of each run (local default: all with --jobs 1, else an equal share; slurm default: 0)",
     )  # fmt: skip
-    parser.add_argument("--cpus_per_run", type=int | None, metavar="C", help="CPU cores (torch threads) of each run (local default: an equal share)")
+    parser.add_argument(
+        "--cpus_per_run", type=int | None, metavar="C",
+        help="CPU cores (torch threads) of each run; slurm: of each of its tasks, one per GPU (local default: an equal share)",
+    )  # fmt: skip
     parser.add_argument("--nodes_per_run", type=int | None, metavar="N", help="slurm: nodes of each run (default 1)")
     parser.add_argument("--partition", type=str | None, metavar="NAME", help="slurm: the partition")
     parser.add_argument("--time", type=int | None, metavar="MINUTES", help="time limit of each run (slurm: required); then requeued")
