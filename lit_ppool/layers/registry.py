@@ -111,6 +111,16 @@ class PoolingSpec:
         """Its layers are P-pooling layers (:class:`~lit_ppool.layers.ppool.PPoolBase`), with an ``alpha``."""
         return isinstance(self.cls, type) and issubclass(self.cls, PPoolBase)
 
+    @property
+    def predicts_alpha(self) -> bool:
+        """Its layers are adaptive P-pooling layers (:class:`~lit_ppool.AdaptivePPool2d`): an alpha predicted for every window.
+
+        Example:
+            >>> POOLING_SPECS["p_adaptive"].predicts_alpha, POOLING_SPECS["p"].predicts_alpha
+            (True, False)
+        """
+        return isinstance(self.cls, type) and issubclass(self.cls, AdaptivePPool2d)
+
 
 def _max_with_padding(pool: nn.MaxPool2d, input: Tensor, padding: _size_2_t, ceil_mode: bool) -> Tensor:
     return F.max_pool2d(input, pool.kernel_size, pool.stride, padding, pool.dilation, ceil_mode)

@@ -47,7 +47,7 @@ def _has_alpha(pooling: Any) -> bool:
         spec = resolve_pooling(pooling).spec
     except ValueError:  # no pooling hyperparameter, or not one of the table
         return False
-    return spec.has_alpha or (isinstance(spec.cls, type) and issubclass(spec.cls, AdaptivePPool2d))
+    return spec.has_alpha or spec.predicts_alpha
 
 
 def _images_of(batch: Any) -> Tensor | None:
